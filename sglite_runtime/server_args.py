@@ -1,0 +1,110 @@
+"""ServerArgs: every knob of the runtime, with SGLang's flag names."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+
+SHIPPED_MODEL_PATH = os.path.join(os.path.dirname(__file__), "assets", "sglite-tiny")
+
+
+@dataclass
+class ServerArgs:
+    # Model
+    model_path: str = SHIPPED_MODEL_PATH
+    tokenizer_path: str | None = None
+    served_model_name: str | None = None
+    chat_template: str | None = None
+    context_length: int | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    random_seed: int = 0
+    # Network
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: str | None = None
+    # Memory and scheduling
+    mem_fraction_static: float | None = None
+    max_total_tokens: int | None = None
+    max_running_requests: int | None = None
+    max_prefill_tokens: int = 16384
+    chunked_prefill_size: int | None = None
+    schedule_policy: str = "lpm"
+    disable_radix_cache: bool = False
+    page_size: int = 1
+    stream_interval: int = 1
+    # Kernels
+    attention_backend: str = "auto"
+    disable_cuda_graph: bool = False
+    cuda_graph_max_bs: int = 64
+    # Constrained generation
+    grammar_backend: str = "outlines"
+    disable_jump_forward: bool = False
+    # Parallelism
+    tp_size: int = 1
+    dp_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None
+    # Server behaviour
+    log_level: str = "info"
+    log_requests: bool = False
+    enable_metrics: bool = True
+    graceful_timeout: float = 30.0
+    watchdog_timeout: float = 300.0
+    skip_server_warmup: bool = False
+    num_threads: int | None = None  # torch intra-op threads in the scheduler
+
+    def __post_init__(self) -> None:
+        if self.model_path is None:
+            self.model_path = SHIPPED_MODEL_PATH
+        if self.tokenizer_path is None:
+            self.tokenizer_path = self.model_path
+        if self.served_model_name is None:
+            self.served_model_name = os.path.basename(os.path.normpath(self.model_path))
+        if self.schedule_policy not in ("lpm", "fcfs"):
+            raise ValueError(f"schedule_policy must be 'lpm' or 'fcfs', got {self.schedule_policy!r}")
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(ServerArgs):
+            flag = "--" + f.name.replace("_", "-")
+            default = f.default
+            if isinstance(default, bool):
+                parser.add_argument(flag, action="store_true", default=default)
+                continue
+            t = str(f.type)
+            typ = int if t.startswith("int") else float if t.startswith("float") else str
+            kwargs: dict = {"type": typ, "default": default}
+            if f.name == "schedule_policy":
+                kwargs["choices"] = ["lpm", "fcfs"]
+            if f.name == "attention_backend":
+                kwargs["choices"] = ["auto", "torch_native", "triton", "flashinfer"]
+            aliases = {"model_path": ["--model"], "tp_size": ["--tp"], "dp_size": ["--dp"]}.get(f.name, [])
+            parser.add_argument(flag, *aliases, dest=f.name, **kwargs)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def prepare_server_args(argv: list[str] | None = None) -> ServerArgs:
+    parser = argparse.ArgumentParser(prog="python -m sglite.launch_server")
+    ServerArgs.add_cli_args(parser)
+    return ServerArgs.from_cli_args(parser.parse_args(argv))
+
