@@ -1,0 +1,97 @@
+"""The reference attention backend: plain PyTorch SDPA, one request at a time.
+
+Correctness first: this is the CPU/CI path and the oracle the Triton and FlashInfer backends
+are tested against. For each request it gathers the whole sequence's K/V from the paged pool
+through ``req_to_token`` and runs ``scaled_dot_product_attention``.
+
+Extend uses a bottom-right aligned causal mask (new token ``j`` of a request with prefix
+``p`` sees keys ``0 .. p + j``). SDPA's ``is_causal`` is top-left aligned, so the new queries
+are placed at rows ``[p, seq_len)`` of a zero query buffer of length ``seq_len``; the causal
+mask is then exactly right for those rows, and the padding rows are sliced away.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from sglite_runtime.attention.base import AttentionBackend
+
+if TYPE_CHECKING:
+    from sglite_runtime.layers.radix_attention import RadixAttention
+    from sglite_runtime.model_executor.forward_batch import ForwardBatch
+
+
+class TorchNativeAttnBackend(AttentionBackend):
+    """SDPA per request over K/V read back from ``token_to_kv_pool``."""
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, causal: bool) -> torch.Tensor:
+        """``q [Lq, H, D]``, ``k/v [Lk, Hkv, D]`` → ``[Lq, H, D]``; GQA maps head h to h // (H/Hkv)."""
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1).unsqueeze(0),
+            k.transpose(0, 1).unsqueeze(0),
+            v.transpose(0, 1).unsqueeze(0),
+            is_causal=causal,
+            scale=scaling,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+        return out.squeeze(0).transpose(0, 1)
+
+    def _kv_of(self, layer: "RadixAttention", fb: "ForwardBatch", i: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        slots = fb.req_to_token_pool.req_to_token[fb.req_pool_indices[i], :length].to(torch.int64)
+        return k_buf[slots], v_buf[slots]
+
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True) -> torch.Tensor:
+        fb = forward_batch
+        num_tokens = q.shape[0]
+        q = q.view(num_tokens, layer.tp_q_head_num, layer.head_dim)
+        k = k.view(num_tokens, layer.tp_k_head_num, layer.head_dim)
+        v = v.view(num_tokens, layer.tp_v_head_num, layer.head_dim)
+        if save_kv_cache:
+            fb.token_to_kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
+        prefix_lens = fb.extend_prefix_lens_cpu
+        extend_lens = fb.extend_seq_lens_cpu
+        if prefix_lens is None or extend_lens is None:
+            prefix_lens = fb.extend_prefix_lens.tolist()
+            extend_lens = fb.extend_seq_lens.tolist()
+        out = torch.empty_like(q)
+        start = 0
+        for i, (p, e) in enumerate(zip(prefix_lens, extend_lens)):
+            if e == 0:
+                continue
+            seq_len = p + e
+            if save_kv_cache:
+                ks, vs = self._kv_of(layer, fb, i, seq_len)
+            else:
+                # Nothing was stored: the prefix comes from the pool, the new part from k/v.
+                kp, vp = self._kv_of(layer, fb, i, p)
+                ks = torch.cat((kp.to(k.dtype), k[start : start + e]))
+                vs = torch.cat((vp.to(v.dtype), v[start : start + e]))
+            qs = q.new_zeros(seq_len, q.shape[1], q.shape[2])
+            qs[p:] = q[start : start + e]
+            o = self._sdpa(qs, ks.to(q.dtype), vs.to(q.dtype), layer.scaling, causal=True)
+            out[start : start + e] = o[p:]
+            start += e
+        return out.view(num_tokens, -1)
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True) -> torch.Tensor:
+        fb = forward_batch
+        bs = q.shape[0]
+        q = q.view(bs, layer.tp_q_head_num, layer.head_dim)
+        k = k.view(bs, layer.tp_k_head_num, layer.head_dim)
+        v = v.view(bs, layer.tp_v_head_num, layer.head_dim)
+        if save_kv_cache:
+            fb.token_to_kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
+        out = torch.empty_like(q)
+        for i, seq_len in enumerate(fb.seq_lens_cpu):
+            if save_kv_cache:
+                ks, vs = self._kv_of(layer, fb, i, seq_len)
+            else:
+                kp, vp = self._kv_of(layer, fb, i, seq_len - 1)
+                ks, vs = torch.cat((kp.to(k.dtype), k[i : i + 1])), torch.cat((vp.to(v.dtype), v[i : i + 1]))
+            # One query, the last position: it sees every key, so no mask.
+            out[i : i + 1] = self._sdpa(q[i : i + 1], ks.to(q.dtype), vs.to(q.dtype), layer.scaling, causal=False)
+        return out.view(bs, -1)

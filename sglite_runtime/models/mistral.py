@@ -1,0 +1,13 @@
+"""Mistral: architecturally Llama (no biases). Sliding-window attention is not applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sglite_runtime.models.llama import AttentionFlags, LlamaForCausalLM
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    @classmethod
+    def attention_flags(cls, config: Any) -> AttentionFlags:
+        return AttentionFlags()
