@@ -76,6 +76,10 @@ class BatchedPenalizer:
         self.seen_mask: torch.Tensor | None = None             # [bs, V] bool
         self.min_new_tokens: _SparseEntries | None = None      # (row, stop id, min_new_tokens)
         self.logit_bias: _SparseEntries | None = None          # (row, token id, bias)
+        # Host-side per-row "uses frequency/presence" and "uses repetition" flags, so filter()
+        # can drop a dense feature no remaining row needs without a device sync.
+        self.uses_freq_pres: list[bool] = [False] * bs
+        self.uses_repetition: list[bool] = [False] * bs
 
     # ------------------------------------------------------------------ build
 
@@ -90,8 +94,10 @@ class BatchedPenalizer:
         bs = len(reqs)
         eos = sorted({int(t) for t in (eos_token_ids or ())})
         pen = cls(bs, vocab_size, device)
+        pen.uses_freq_pres = [p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in params]
+        pen.uses_repetition = [p.repetition_penalty != 1.0 for p in params]
 
-        if any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in params):
+        if any(pen.uses_freq_pres):
             pen.frequency_penalties = torch.tensor(
                 [[float(p.frequency_penalty)] for p in params], dtype=torch.float32, device=device)
             pen.presence_penalties = torch.tensor(
@@ -102,7 +108,7 @@ class BatchedPenalizer:
                 pen.output_counts.index_put_((rows, cols), torch.ones_like(rows, dtype=torch.float32),
                                              accumulate=True)
 
-        if any(p.repetition_penalty != 1.0 for p in params):
+        if any(pen.uses_repetition):
             pen.repetition_penalties = torch.tensor(
                 [[float(p.repetition_penalty)] for p in params], dtype=torch.float32, device=device)
             pen.seen_mask = torch.zeros(bs, vocab_size, dtype=torch.bool, device=device)
@@ -168,8 +174,14 @@ class BatchedPenalizer:
 
     # ------------------------------------------------------------------ batch surgery
 
-    def filter(self, keep: torch.Tensor) -> None:
-        """Keep rows ``keep`` (int64 on device, in the new order)."""
+    def filter(self, keep: torch.Tensor, keep_list: list[int]) -> None:
+        """Keep rows ``keep`` (int64 on device, in the new order; ``keep_list`` its host copy)."""
+        self.uses_freq_pres = [self.uses_freq_pres[i] for i in keep_list]
+        self.uses_repetition = [self.uses_repetition[i] for i in keep_list]
+        if not any(self.uses_freq_pres):
+            self.frequency_penalties = self.presence_penalties = self.output_counts = None
+        if not any(self.uses_repetition):
+            self.repetition_penalties = self.seen_mask = None
         for name in ("frequency_penalties", "presence_penalties", "output_counts",
                      "repetition_penalties", "seen_mask"):
             t = getattr(self, name)
@@ -182,6 +194,11 @@ class BatchedPenalizer:
                 self.min_new_tokens = self.min_new_tokens.filter(new_index)
             if self.logit_bias is not None:
                 self.logit_bias = self.logit_bias.filter(new_index)
+            # The boolean-mask filter above already synced, so numel() is free here.
+            if self.min_new_tokens is not None and self.min_new_tokens.rows.numel() == 0:
+                self.min_new_tokens = None
+            if self.logit_bias is not None and self.logit_bias.rows.numel() == 0:
+                self.logit_bias = None
         self.bs = int(keep.numel())
 
     @classmethod
@@ -213,6 +230,8 @@ class BatchedPenalizer:
         out.seen_mask = cat(a.seen_mask, b.seen_mask, bs_a, bs_b, vocab_size, False, torch.bool)
         out.min_new_tokens = _SparseEntries.merge(a.min_new_tokens, b.min_new_tokens, bs_a)
         out.logit_bias = _SparseEntries.merge(a.logit_bias, b.logit_bias, bs_a)
+        out.uses_freq_pres = a.uses_freq_pres + b.uses_freq_pres
+        out.uses_repetition = a.uses_repetition + b.uses_repetition
         return out
 
 

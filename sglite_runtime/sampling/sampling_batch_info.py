@@ -117,7 +117,7 @@ class SamplingBatchInfo:
         for name in ("temperatures", "top_ps", "top_ks", "min_ps", "is_greedy", "seeds", "steps"):
             setattr(self, name, getattr(self, name)[keep])
         if self.penalizer is not None:
-            self.penalizer.filter(keep)
+            self.penalizer.filter(keep, keep_list)
             if not self.penalizer.is_required() or not keep_list:
                 self.penalizer = None
         self.row_flags = [self.row_flags[i] for i in keep_list]
