@@ -314,3 +314,17 @@ def test_input_token_logprobs_alignment() -> None:
     assert tops[0] is None and len(tops) == 4 and tops[1][0][1] == int(full[0].argmax())
     with pytest.raises(ValueError):
         get_input_token_logprobs(logits, ids, start=1)  # wrong number of rows
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_noise_identical_on_cuda() -> None:
+    seeds = torch.tensor([0, 7, -1, 2**62 + 5], dtype=torch.int64)
+    steps = torch.tensor([0, 3, 9, 100], dtype=torch.int64)
+    cpu = seeded_uniform(seeds, steps, 1000)
+    gpu = seeded_uniform(seeds.cuda(), steps.cuda(), 1000).cpu()
+    assert torch.equal(cpu, gpu)
+    reqs = [make_req(seed=s, top_p=0.9) for s in range(8)]
+    logits = torch.randn(8, V)
+    a = sampler(logits, info_for(reqs)).next_token_ids
+    b = sampler(logits.cuda(), SamplingBatchInfo.from_reqs(reqs, V, "cuda")).next_token_ids.cpu()
+    assert torch.equal(a, b)
