@@ -1,0 +1,49 @@
+"""sglite: SGLang's programming model on a compact serving runtime.
+
+``import sglite`` is light: it never imports torch, transformers or triton.
+``Engine``, ``Runtime`` and ``launch_server`` come from ``sglite_runtime`` and
+are imported only when first used.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sglite.backend import BaseBackend, EngineBackend, RuntimeEndpoint
+from sglite.global_config import global_config
+from sglite.lang.api import (
+    assistant, assistant_begin, assistant_end, flush_cache, function, gen, gen_int, gen_string,
+    get_server_info, image, select, set_default_backend, system, system_begin, system_end, user,
+    user_begin, user_end,
+)
+from sglite.lang.choices import (
+    greedy_token_selection, token_length_normalized, unconditional_likelihood_normalized,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "function", "gen", "gen_int", "gen_string", "select", "image",
+    "system", "user", "assistant", "system_begin", "system_end", "user_begin", "user_end",
+    "assistant_begin", "assistant_end", "set_default_backend", "flush_cache", "get_server_info",
+    "RuntimeEndpoint", "EngineBackend", "BaseBackend", "Runtime", "Engine", "launch_server",
+    "token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized",
+    "global_config", "__version__",
+]
+
+# name -> (module, attribute); resolved on first access so torch stays unloaded.
+_LAZY = {
+    "Engine": ("sglite_runtime.entrypoints.engine", "Engine"),
+    "Runtime": ("sglite_runtime.entrypoints.launcher", "Runtime"),
+    "launch_server": ("sglite_runtime.entrypoints.launcher", "launch_server"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sglite' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""The sglite frontend language: IR, interpreter, choices, chat templates."""

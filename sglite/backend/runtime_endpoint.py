@@ -1,0 +1,107 @@
+"""HTTP backend speaking SGLang's native runtime contract (frontend-spec §5)."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Iterator, Optional, Union
+
+from sglite.backend.base import BaseBackend
+
+logger = logging.getLogger(__name__)
+
+
+def _error_message(resp: Any) -> str:
+    """Pull ``error.message`` out of an error body, else the raw body."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text or f"HTTP {resp.status_code}"
+    if isinstance(body, dict) and "error" in body:
+        err = body["error"]
+        if isinstance(err, dict):
+            return str(err.get("message", err))
+        return str(err)
+    return json.dumps(body)
+
+
+class RuntimeEndpoint(BaseBackend):
+    """A running sglite (or SGLang) server at ``base_url``.
+
+    ``GET /get_model_info`` is called on construction so that a wrong URL fails
+    at once. ``api_key`` is sent as a Bearer token on every request.
+    """
+
+    def __init__(self, base_url: str, api_key: Optional[str] = None,
+                 verify: Union[None, bool, str] = None, timeout: Optional[float] = None) -> None:
+        super().__init__()
+        import requests  # imported here so `import sglite` stays light
+
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self._session = requests.Session()
+        if api_key:
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
+        if verify is not None:
+            self._session.verify = verify
+        self.get_model_info()
+
+    @property
+    def url(self) -> str:
+        return self.base_url
+
+    # -- plumbing -----------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", self.timeout)
+        return self._session.request(method, self.base_url + path, **kwargs)
+
+    def _checked(self, resp: Any) -> Any:
+        if resp.status_code != 200:
+            raise RuntimeError(_error_message(resp))
+        return resp
+
+    def _fetch_model_info(self) -> dict[str, Any]:
+        return self._checked(self._request("GET", "/get_model_info")).json()
+
+    # -- transport ----------------------------------------------------------
+    def _generate_raw(self, payload: dict[str, Any]) -> Union[dict[str, Any], list[dict[str, Any]]]:
+        body = dict(payload, stream=False)
+        return self._checked(self._request("POST", "/generate", json=body)).json()
+
+    def _generate_raw_stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        body = dict(payload, stream=True)
+        resp = self._checked(self._request("POST", "/generate", json=body, stream=True))
+        try:
+            for raw in resp.iter_lines(decode_unicode=False):
+                if not raw:
+                    continue
+                line = raw.decode("utf-8")
+                if not line.startswith("data:"):
+                    continue
+                data = line[len("data:"):].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if isinstance(chunk, dict) and "error" in chunk:
+                    err = chunk["error"]
+                    raise RuntimeError(str(err.get("message", err)) if isinstance(err, dict) else str(err))
+                yield chunk
+        finally:
+            resp.close()
+
+    # -- server calls -------------------------------------------------------
+    def flush_cache(self) -> bool:
+        resp = self._request("POST", "/flush_cache")
+        if resp.status_code != 200:
+            logger.warning("flush_cache refused: %s", _error_message(resp))
+        return resp.status_code == 200
+
+    def get_server_info(self) -> Optional[dict[str, Any]]:
+        resp = self._request("GET", "/server_info")
+        if resp.status_code == 404:  # older servers only have the deprecated path
+            resp = self._request("GET", "/get_server_info")
+        return self._checked(resp).json()
+
+    def shutdown(self) -> None:
+        """Close the HTTP session (the server itself is not ours to stop)."""
+        self._session.close()

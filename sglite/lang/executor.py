@@ -1,0 +1,307 @@
+"""StreamExecutor: one program stream = one FIFO queue + one worker thread.
+
+The user's thread only enqueues expressions (``submit``); the worker executes
+them strictly in order, one blocking backend call per gen/select. Variables are
+published through per-name events, so ``s["x"]`` blocks only until ``x`` exists.
+A worker failure is kept and re-raised, unchanged, by every read that it
+prevented (SGLang surfaced these as a bare ``KeyError``).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import uuid
+from typing import Any, Optional
+
+from sglite.lang.chat_template import ChatTemplate
+from sglite.lang.ir import (
+    SglArgument, SglCommitLazy, SglConstantText, SglExpr, SglExprList, SglGen, SglImage,
+    SglRoleBegin, SglRoleEnd, SglSelect, SglVarScopeBegin, SglVarScopeEnd, SglVariable,
+)
+from sglite.lang.sampling import SglSamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+def _walk(expr: SglExpr):
+    if isinstance(expr, SglExprList):
+        for e in expr.exprs:
+            yield from _walk(e)
+    else:
+        yield expr
+
+
+class StreamExecutor:
+    """Executes one stream of a program on its own worker thread."""
+
+    def __init__(self, backend: Any, arguments: dict[str, Any],
+                 default_sampling_params: SglSamplingParams, stream: bool = False,
+                 chat_template: Optional[ChatTemplate] = None, use_thread: bool = True) -> None:
+        self.sid = uuid.uuid4().hex
+        self.backend = backend
+        self.arguments = arguments
+        self.default_sampling_params = default_sampling_params
+        self.stream = stream
+        self.use_thread = use_thread
+        if chat_template is None:
+            chat_template = backend.chat_template if backend is not None else ChatTemplate()
+        self.chat_template = chat_template
+
+        self.text_ = ""
+        self.variables: dict[str, Any] = {}
+        self.variable_events: dict[str, threading.Event] = {}
+        self.meta_info: dict[str, Any] = {}
+        self.stream_chunks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self.messages_: list[dict[str, Any]] = []
+        self.role_history: list[str] = []
+        self.cur_role: Optional[str] = None
+        self.cur_role_begin_pos = 0
+        self.cur_role_images: list[str] = []
+        self.images_: list[str] = []
+        self.var_scope_begin: dict[str, int] = {}
+        self.fork_start_text_pos: Optional[int] = None
+        self.error_: Optional[BaseException] = None
+        self.failed_vars: set[str] = set()
+        self.finished = False
+        self._ended = False
+        self.cond = threading.Condition()
+
+        self.queue: "queue.Queue[Optional[SglExpr]]" = queue.Queue()
+        if use_thread:
+            self.worker = threading.Thread(target=self._worker, name=f"sglite-stream-{self.sid[:8]}",
+                                           daemon=True)
+            self.worker.start()
+
+    # -- user-thread API ----------------------------------------------------
+    def submit(self, expr: SglExpr) -> None:
+        """Enqueue ``expr``; register events for the variables it will produce."""
+        if self._ended:
+            raise RuntimeError("this program state has ended; no more expressions can be added")
+        for node in _walk(expr):
+            if isinstance(node, SglImage) and not self.backend.supports_images():
+                raise ValueError("this model does not accept images")
+            name = getattr(node, "name", None)
+            if isinstance(node, (SglGen, SglSelect, SglVarScopeBegin)) and name:
+                with self.cond:
+                    self.variable_events[name] = threading.Event()
+                    self.failed_vars.discard(name)
+        if self.use_thread:
+            self.queue.put(expr)
+        else:
+            self._run_one(expr)
+
+    def sync(self) -> None:
+        """Wait until everything submitted so far has been executed."""
+        if self.use_thread:
+            self.queue.join()
+
+    def end(self) -> None:
+        """No more expressions will come; the worker exits after draining. Idempotent."""
+        if self._ended:
+            return
+        self._ended = True
+        if self.use_thread:
+            self.queue.put(None)
+        else:
+            self._mark_finished()
+
+    def get_var(self, name: str) -> Any:
+        event = self.variable_events.get(name)
+        if event is None and name not in self.variables:
+            self.sync()  # it may still be on the way, e.g. through a text-only path
+            event = self.variable_events.get(name)
+        if event is not None:
+            event.wait()
+        if name in self.failed_vars or name not in self.variables:
+            if self.error_ is not None:
+                raise self.error_
+            raise KeyError(f"variable {name!r} was never produced by this program")
+        return self.variables[name]
+
+    def set_var(self, name: str, value: Any) -> None:
+        with self.cond:
+            self.variables[name] = value
+            self.variable_events.setdefault(name, threading.Event()).set()
+            self.cond.notify_all()
+
+    def get_meta_info(self, name: str) -> Any:
+        self.get_var(name)
+        return self.meta_info.get(name)
+
+    def fail(self, error: BaseException) -> None:
+        """Record ``error`` and release every waiter (used for user-thread errors too)."""
+        with self.cond:
+            if self.error_ is None:
+                self.error_ = error
+            for name, event in self.variable_events.items():
+                if not event.is_set():
+                    self.failed_vars.add(name)
+                    event.set()
+            self.cond.notify_all()
+
+    def fork(self, size: int) -> list["StreamExecutor"]:
+        """Copy this stream into ``size`` new executors after committing the prefix."""
+        if size > 1:
+            self.submit(SglCommitLazy())
+        self.sync()
+        children = []
+        for _ in range(size):
+            child = StreamExecutor(self.backend, self.arguments, self.default_sampling_params,
+                                   self.stream, self.chat_template, self.use_thread)
+            with self.cond:
+                child.text_ = self.text_
+                child.variables = copy.copy(self.variables)
+                child.meta_info = copy.copy(self.meta_info)
+                child.messages_ = copy.deepcopy(self.messages_)
+                child.role_history = list(self.role_history)
+                child.cur_role = self.cur_role
+                child.cur_role_begin_pos = self.cur_role_begin_pos
+                child.cur_role_images = list(self.cur_role_images)
+                child.images_ = list(self.images_)
+                child.error_ = self.error_
+                child.failed_vars = set(self.failed_vars)
+            child.fork_start_text_pos = len(child.text_)
+            for name in child.variables:
+                child.variable_events[name] = threading.Event()
+                child.variable_events[name].set()
+            children.append(child)
+        return children
+
+    # -- worker -------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            expr = self.queue.get()
+            try:
+                if expr is None:
+                    self._mark_finished()
+                    return
+                self._run_one(expr)
+            finally:
+                self.queue.task_done()
+
+    def _run_one(self, expr: SglExpr) -> None:
+        if self.error_ is not None:
+            self.fail(self.error_)  # skip: an earlier step failed; release new waiters
+            return
+        try:
+            self._execute(expr)
+        except BaseException as e:  # noqa: BLE001 - stored and re-raised at the reader
+            logger.warning("Error in stream_executor: %s: %s", type(e).__name__, e)
+            self.fail(e)
+
+    def _mark_finished(self) -> None:
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+
+    def _append(self, text: str) -> None:
+        with self.cond:
+            self.text_ += text
+            self.cond.notify_all()
+
+    def _publish(self, name: Optional[str], value: Any, meta: Any = None) -> None:
+        if not name:
+            return
+        with self.cond:
+            self.variables[name] = value
+            if meta is not None:
+                self.meta_info[name] = meta
+            self.variable_events.setdefault(name, threading.Event()).set()
+            self.cond.notify_all()
+
+    def _execute(self, expr: SglExpr) -> None:
+        if isinstance(expr, SglExprList):
+            for e in expr.exprs:
+                self._execute(e)
+        elif isinstance(expr, SglConstantText):
+            self._append(expr.value)
+        elif isinstance(expr, SglGen):
+            self._execute_gen(expr)
+        elif isinstance(expr, SglSelect):
+            self._execute_select(expr)
+        elif isinstance(expr, SglRoleBegin):
+            self._execute_role_begin(expr.role)
+        elif isinstance(expr, SglRoleEnd):
+            self._execute_role_end(expr.role)
+        elif isinstance(expr, SglImage):
+            data = expr.to_base64()
+            self.images_.append(data)
+            self.cur_role_images.append(data)
+            self._append(self.chat_template.image_token or "")
+        elif isinstance(expr, SglVarScopeBegin):
+            self.var_scope_begin[expr.name] = len(self.text_)
+        elif isinstance(expr, SglVarScopeEnd):
+            self._publish(expr.name, self.text_[self.var_scope_begin.pop(expr.name, len(self.text_)):])
+        elif isinstance(expr, SglCommitLazy):
+            self.backend.commit_prefix(self.text_)  # skips an empty text
+        elif isinstance(expr, SglArgument):
+            self._append(str(expr.value))
+        elif isinstance(expr, SglVariable):
+            raise TypeError("a traced SglVariable cannot be interpreted; read the value with s[name]")
+        else:
+            raise TypeError(f"unknown expression {type(expr).__name__}")
+
+    def _execute_gen(self, expr: SglGen) -> None:
+        params = self.default_sampling_params.override(expr.sampling_params)
+        name = expr.name
+        images = list(self.images_) or None
+        if self.stream and (params.n or 1) == 1:
+            chunks: list[tuple[str, dict[str, Any]]] = []
+            value, logprobs, meta = "", [], {}
+            with self.cond:
+                if name:
+                    self.stream_chunks[name] = chunks
+                    self.variables.pop(name, None)
+            for delta, chunk_meta in self.backend.generate_stream(self.text_, params, images):
+                with self.cond:
+                    self.text_ += delta
+                    value += delta
+                    chunks.append((delta, chunk_meta))
+                    self.cond.notify_all()
+                logprobs.extend(chunk_meta.get("output_token_logprobs") or [])
+                meta = chunk_meta
+            if "output_token_logprobs" in meta:
+                meta = dict(meta, output_token_logprobs=logprobs)
+            self._publish(name, value, meta)
+            return
+        text, meta = self.backend.generate(self.text_, params, images)
+        # n > 1: the variable is the list of samples; the text continues with sample 0.
+        self._append(text[0] if isinstance(text, list) else text)
+        self._publish(name, text, meta)
+
+    def _execute_select(self, expr: SglSelect) -> None:
+        images = list(self.images_) or None
+        decision = self.backend.select(self.text_, expr.choices, expr.temperature,
+                                       expr.choices_method, images)
+        self._append(decision.decision)
+        if expr.name:
+            with self.cond:
+                self.stream_chunks[expr.name] = [(decision.decision, decision.meta_info)]
+        self._publish(expr.name, decision.decision, decision.meta_info)
+
+    def _execute_role_begin(self, role: str) -> None:
+        if self.cur_role is not None:
+            raise AssertionError(f"role {role!r} begins inside role {self.cur_role!r}; roles cannot nest")
+        self._append(self.chat_template.prefix(role, tuple(self.role_history)))
+        self.cur_role = role
+        self.cur_role_begin_pos = len(self.text_)
+        self.cur_role_images = []
+
+    def _execute_role_end(self, role: str) -> None:
+        if self.cur_role != role:
+            raise AssertionError(f"role {role!r} ends but the open role is {self.cur_role!r}")
+        content_text = self.text_[self.cur_role_begin_pos:].lstrip()
+        self._append(self.chat_template.suffix(role, tuple(self.role_history)))
+        if self.cur_role_images:
+            content: Any = [{"type": "text", "text": content_text}] + [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{img}"}}
+                for img in self.cur_role_images
+            ]
+        else:
+            content = content_text
+        self.messages_.append({"role": role, "content": content})
+        self.role_history.append(role)
+        self.cur_role = None
+        self.cur_role_images = []

@@ -1,0 +1,124 @@
+"""SglFunction: what ``@sglite.function`` returns (run, run_batch, bind, trace)."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional, Union
+
+from sglite.lang.sampling import SglSamplingParams
+
+
+def _defaults(**kw: Any) -> SglSamplingParams:
+    kw["stop"] = [] if kw["stop"] is None else kw["stop"]
+    kw["stop_token_ids"] = [] if kw["stop_token_ids"] is None else kw["stop_token_ids"]
+    return SglSamplingParams(**kw)
+
+
+class SglFunction:
+    """A program: a Python function whose first parameter is the state ``s``."""
+
+    def __init__(self, func: Callable[..., Any], num_api_spec_tokens: Optional[int] = None,
+                 bind_arguments: Optional[dict[str, Any]] = None) -> None:
+        self.func = func
+        self.num_api_spec_tokens = num_api_spec_tokens
+        self.bind_arguments = dict(bind_arguments or {})
+        params = list(inspect.signature(func).parameters.values())
+        if not params or params[0].name != "s":
+            raise AssertionError("the first parameter of an sglite function must be named 's'")
+        self.arg_names = [p.name for p in params[1:]
+                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        self.arg_defaults = {p.name: p.default for p in params[1:] if p.default is not p.empty}
+        self.__name__ = getattr(func, "__name__", "sglite_function")
+        self.__doc__ = func.__doc__
+
+    def bind(self, **kwargs: Any) -> "SglFunction":
+        """Partial application: a new SglFunction with these arguments fixed."""
+        unknown = set(kwargs) - set(self.arg_names)
+        if unknown:
+            raise TypeError(f"{self.__name__}() has no parameters {sorted(unknown)}")
+        return SglFunction(self.func, self.num_api_spec_tokens, {**self.bind_arguments, **kwargs})
+
+    def _call_kwargs(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+        free = [n for n in self.arg_names if n not in self.bind_arguments]
+        if len(args) > len(free):
+            raise TypeError(f"{self.__name__}() takes {len(free)} positional arguments, got {len(args)}")
+        out = {**self.bind_arguments, **dict(zip(free, args))}
+        for k, v in kwargs.items():
+            if k in out:
+                raise TypeError(f"{self.__name__}() got multiple values for argument {k!r}")
+            out[k] = v
+        return out
+
+    def run(self, *args: Any, max_new_tokens: int = 128, n: int = 1,
+            stop: Union[None, str, list[str]] = None, stop_token_ids: Optional[list[int]] = None,
+            temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0,
+            frequency_penalty: float = 0.0, presence_penalty: float = 0.0, ignore_eos: bool = False,
+            return_logprob: Optional[bool] = None, logprob_start_len: Optional[int] = None,
+            top_logprobs_num: Optional[int] = None, return_text_in_logprobs: Optional[bool] = None,
+            stream: bool = False, backend: Any = None, seed: Optional[int] = None,
+            use_thread: bool = True, **kwargs: Any):
+        """Run the program once; the sampling arguments are defaults every gen may override.
+
+        Returns a ProgramState at once (gens run on a worker thread); with
+        ``stream=True`` the function itself also runs on its own thread.
+        """
+        from sglite.lang.interpreter import run_program
+
+        defaults = _defaults(
+            max_new_tokens=max_new_tokens, n=n, stop=stop, stop_token_ids=stop_token_ids,
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            ignore_eos=ignore_eos, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs, seed=seed,
+        )
+        call_kwargs = self._call_kwargs(args, kwargs)
+        return run_program(self.func, backend, (), call_kwargs, defaults, stream=stream,
+                           use_thread=use_thread)
+
+    def run_batch(self, batch_kwargs: list[Any], *, max_new_tokens: int = 128, n: int = 1,
+                  stop: Union[None, str, list[str]] = None, stop_token_ids: Optional[list[int]] = None,
+                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0,
+                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0, ignore_eos: bool = False,
+                  return_logprob: Optional[bool] = None, logprob_start_len: Optional[int] = None,
+                  top_logprobs_num: Optional[int] = None, return_text_in_logprobs: Optional[bool] = None,
+                  backend: Any = None, num_threads: Union[str, int] = "auto", progress_bar: bool = False,
+                  seed: Optional[int] = None):
+        """Run the program once per element of ``batch_kwargs`` (dicts, or positional tuples).
+
+        Programs run concurrently on a thread pool (``num_threads``; "auto" is
+        ``max(96, 16 * cpu_count)`` capped at the batch size) and each is synced;
+        the states come back in input order. ``progress_bar`` shows a tqdm bar.
+        """
+        from sglite.lang.interpreter import run_program_batch
+
+        if not batch_kwargs:
+            return []
+        free = [n_ for n_ in self.arg_names if n_ not in self.bind_arguments]
+        normalized = []
+        for item in batch_kwargs:
+            if isinstance(item, dict):
+                normalized.append(self._call_kwargs((), item))
+            elif isinstance(item, (list, tuple)):
+                if len(item) != len(free):
+                    raise Exception(f"expected {len(free)} positional arguments {free}, got {len(item)}")
+                normalized.append(self._call_kwargs(tuple(item), {}))
+            else:
+                raise TypeError(f"batch items must be dicts or tuples, got {type(item).__name__}")
+        defaults = _defaults(
+            max_new_tokens=max_new_tokens, n=n, stop=stop, stop_token_ids=stop_token_ids,
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            ignore_eos=ignore_eos, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs, seed=seed,
+        )
+        return run_program_batch(self.func, backend, normalized, defaults, num_threads, progress_bar)
+
+    def trace(self, *, backend: Any = None, **kwargs: Any):
+        """Record the program as an expression graph (needs ``sglite.lang.tracer``)."""
+        try:
+            from sglite.lang.tracer import trace_program  # type: ignore[attr-defined]
+        except ImportError as e:
+            raise NotImplementedError("tracing is not available in this build of sglite") from e
+        return trace_program(self, kwargs, backend)
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        return self.run(*args, **kwargs)
