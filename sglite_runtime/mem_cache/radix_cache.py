@@ -331,7 +331,7 @@ class RadixCache:
         # output of cache_unfinished_req (tree part + the request's own unaligned tail).
         return self._aligned_len(len(req.prefix_indices))
 
-    def cache_finished_req(self, req: Any) -> None:
+    def cache_finished_req(self, req: Any, token_ids: list[int] | None = None) -> None:
         """Hand a finished request's KV to the tree and release everything else it holds.
 
         Reads ``req.origin_input_ids + req.output_ids``; the last output token has no KV, so the
@@ -339,8 +339,14 @@ class RadixCache:
         page-aligned part, frees the request's duplicates of tokens the tree already had, frees
         the unaligned tail and the request row, and unlocks ``req.last_node``. The request must
         not be used with this cache afterwards.
+
+        ``token_ids`` overrides the tokens whose KV the row holds, for a request released right
+        after a prefill (prefill-only, or aborted mid-prefill), where every token has KV.
         """
-        ids = (list(req.origin_input_ids) + list(req.output_ids))[:-1]
+        if token_ids is not None:
+            ids = list(token_ids)
+        else:
+            ids = (list(req.origin_input_ids) + list(req.output_ids))[:-1]
         kv_len = len(ids)
         row = self.req_to_token_pool.req_to_token[req.req_pool_idx]
         kv_indices = row[:kv_len].to(torch.int64)

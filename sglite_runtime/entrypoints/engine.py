@@ -1,0 +1,174 @@
+"""sglite.Engine: the runtime without HTTP, for scripts and notebooks.
+
+The engine runs the same processes as the server (scheduler and detokenizer as children, the
+TokenizerManager here on a private event-loop thread), so offline results equal served ones.
+
+    with sglite.Engine() as llm:                    # the shipped tiny model
+        out = llm.generate("The list", {"max_new_tokens": 16, "temperature": 0})
+        print(out["text"], out["meta_info"]["finish_reason"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+from typing import Any, AsyncIterator, Iterator
+
+from sglite_runtime.entrypoints.launcher import RuntimeProcesses, launch_subprocesses
+from sglite_runtime.entrypoints.process_utils import setup_logging
+from sglite_runtime.managers.tokenizer_manager import GenerateReqInput, TokenizerManager
+from sglite_runtime.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    """An offline LLM engine. Keyword arguments are ServerArgs fields (SGLang's names).
+
+    Args:
+        model_path: a local HF model folder; the shipped ``sglite-tiny`` when None.
+        log_level: logging level of the engine's processes ("error" keeps notebooks quiet).
+        **kwargs: any other ServerArgs field, e.g. ``max_total_tokens=4096``,
+            ``disable_radix_cache=True``, ``chunked_prefill_size=256``.
+    """
+
+    def __init__(self, model_path: str | None = None, log_level: str = "error", **kwargs: Any):
+        if model_path is not None:
+            kwargs["model_path"] = model_path
+        self.server_args = ServerArgs(log_level=log_level, **kwargs)
+        setup_logging(log_level)
+        self._procs: RuntimeProcesses | None = launch_subprocesses(self.server_args)
+        ready = self._procs.ready
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="sglite-engine-loop", daemon=True)
+        self._thread.start()
+        self.tokenizer_manager = self._run(self._make_tm(ready))
+        self.tokenizer = self.tokenizer_manager.tokenizer
+        atexit.register(self.shutdown)
+
+    async def _make_tm(self, ready: Any) -> TokenizerManager:
+        tm = TokenizerManager(self.server_args, self._procs.port_args, ready.context_len, ready.vocab_size)
+        tm.start()
+        return tm
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    # ---- generation ---------------------------------------------------------------------------
+    @staticmethod
+    def _make_input(prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num,
+                    stream, rid, return_text_in_logprobs) -> GenerateReqInput:
+        return GenerateReqInput(
+            text=prompt, input_ids=input_ids, sampling_params=sampling_params, rid=rid,
+            return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs, stream=stream)
+
+    def generate(
+        self,
+        prompt: str | list[str] | None = None,
+        sampling_params: dict | list[dict] | None = None,
+        input_ids: list[int] | list[list[int]] | None = None,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int | None = None,
+        stream: bool = False,
+        rid: str | list[str] | None = None,
+        return_text_in_logprobs: bool = False,
+    ) -> dict | list[dict] | Iterator[dict]:
+        """Generate for one prompt (returns a dict) or a list (returns a list, in order).
+
+        The result is ``{"text", "output_ids", "meta_info": {"id", "finish_reason",
+        "prompt_tokens", "completion_tokens", "cached_tokens", ...}}``. With ``stream=True``,
+        returns an iterator of chunks whose ``text`` and ``output_ids`` are the new part only.
+        Invalid input raises ``ValueError``.
+        """
+        obj = self._make_input(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
+                               top_logprobs_num, stream, rid, return_text_in_logprobs)
+        if stream:
+            return self._sync_stream(obj)
+        return self._run(self._collect(obj))
+
+    async def _collect(self, obj: GenerateReqInput) -> Any:
+        out = None
+        async for out in self.tokenizer_manager.generate_request(obj):
+            pass
+        return out
+
+    def _sync_stream(self, obj: GenerateReqInput) -> Iterator[dict]:
+        agen = _incremental(self.tokenizer_manager.generate_request(obj))
+        try:
+            while True:
+                try:
+                    yield self._run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(agen.aclose())
+
+    async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, return_logprob=False,
+                             logprob_start_len=None, top_logprobs_num=None, stream=False, rid=None,
+                             return_text_in_logprobs=False) -> Any:
+        """Like ``generate`` from asyncio code; with ``stream=True`` returns an async iterator."""
+        obj = self._make_input(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
+                               top_logprobs_num, stream, rid, return_text_in_logprobs)
+        if stream:
+            return self._async_stream(obj)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._collect(obj), self.loop))
+
+    async def _async_stream(self, obj: GenerateReqInput) -> AsyncIterator[dict]:
+        agen = _incremental(self.tokenizer_manager.generate_request(obj))
+        while True:
+            fut = asyncio.run_coroutine_threadsafe(agen.__anext__(), self.loop)
+            try:
+                yield await asyncio.wrap_future(fut)
+            except StopAsyncIteration:
+                return
+
+    # ---- control --------------------------------------------------------------------------------
+    def flush_cache(self) -> bool:
+        """Drop the radix cache. False while requests are running."""
+        return self._run(self.tokenizer_manager.flush_cache()).success
+
+    def get_server_info(self) -> dict:
+        state = self._run(self.tokenizer_manager.get_internal_state())
+        return self.tokenizer_manager.server_args_dict() | {"internal_states": [state], "version": "0.1.0"}
+
+    def get_model_info(self) -> dict:
+        return self.tokenizer_manager.model_info()
+
+    def abort_request(self, rid: str = "", abort_all: bool = False) -> None:
+        self.loop.call_soon_threadsafe(self.tokenizer_manager.abort_request, rid, abort_all)
+
+    def shutdown(self) -> None:
+        """Stop the engine's processes. Safe to call twice."""
+        procs, self._procs = self._procs, None
+        if procs is None:
+            return
+        procs.shutdown()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        try:
+            self.shutdown()
+        except Exception:
+            pass
+
+
+async def _incremental(agen: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    """Turn cumulative stream chunks into deltas (text and output_ids), per batch index."""
+    sent_text: dict[int, int] = {}
+    sent_ids: dict[int, int] = {}
+    async for chunk in agen:
+        i = chunk.get("index", 0)
+        text, ids = chunk["text"], chunk["output_ids"]
+        yield {**chunk, "text": text[sent_text.get(i, 0):], "output_ids": ids[sent_ids.get(i, 0):]}
+        sent_text[i], sent_ids[i] = len(text), len(ids)

@@ -1,0 +1,106 @@
+"""Detokenizer: token ids → text, incrementally and UTF-8 safe, with stop trimming at finish.
+
+Each request keeps a decode window: text is re-decoded from ``surr_offset`` so that a token
+whose bytes complete a multi-byte character (or a BPE merge that changes spacing) is rendered
+correctly, and text ending in U+FFFD (an incomplete character) is held back until the next
+token completes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sglite_runtime.managers.io_struct import BatchStrOut, BatchTokenIDOut
+
+logger = logging.getLogger(__name__)
+
+# Bound on per-rid state kept after a request finished without its final message (never in
+# normal operation; protects against a scheduler bug growing memory forever).
+MAX_STATES = 65536
+
+
+@dataclass
+class DecodeStatus:
+    ids: list[int] = field(default_factory=list)
+    text: str = ""  # text confirmed so far (complete characters only)
+    surr_offset: int = 0
+    read_offset: int = 0
+
+
+class DetokenizerManager:
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.states: dict[str, DecodeStatus] = {}
+
+    def _decode(self, ids: list[int], skip: bool) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip)
+
+    def handle_batch_token_id_out(self, recv: BatchTokenIDOut) -> BatchStrOut:
+        texts = []
+        for i, rid in enumerate(recv.rids):
+            st = self.states.get(rid)
+            if st is None:
+                if len(self.states) >= MAX_STATES:
+                    self.states.pop(next(iter(self.states)))
+                st = self.states[rid] = DecodeStatus()
+            skip = recv.skip_special_tokens[i]
+            st.ids.extend(recv.new_token_ids[i])
+            reason = recv.finished_reasons[i]
+            if len(st.ids) > st.read_offset:
+                surr = self._decode(st.ids[st.surr_offset : st.read_offset], skip)
+                full = self._decode(st.ids[st.surr_offset :], skip)
+                if reason is not None or not full.endswith("\ufffd"):
+                    st.text += full[len(surr):]
+                    st.surr_offset = st.read_offset
+                    st.read_offset = len(st.ids)
+            text = st.text
+            if reason is not None:
+                text = self._trim(text, st, reason, skip, recv.no_stop_trim[i])
+                del self.states[rid]
+            texts.append(text)
+        return BatchStrOut(
+            rids=recv.rids, texts=texts, new_token_ids=recv.new_token_ids,
+            finished_reasons=recv.finished_reasons, prompt_tokens=recv.prompt_tokens,
+            completion_tokens=recv.completion_tokens, cached_tokens=recv.cached_tokens,
+            output_token_logprobs=recv.output_token_logprobs, output_top_logprobs=recv.output_top_logprobs,
+            input_token_logprobs=recv.input_token_logprobs, input_top_logprobs=recv.input_top_logprobs)
+
+    def _trim(self, text: str, st: DecodeStatus, reason: dict, skip: bool, no_stop_trim: bool) -> str:
+        if no_stop_trim or reason.get("type") != "stop":
+            return text
+        matched = reason.get("matched")
+        if isinstance(matched, str) and matched:
+            pos = text.find(matched)
+            return text[:pos] if pos >= 0 else text
+        if isinstance(matched, int) and st.ids:
+            # A stop token is not part of the answer; special ones are already skipped.
+            return self._decode(st.ids[:-1], skip)
+        return text
+
+
+def run_detokenizer_process(server_args: Any, port_args: Any, pipe_writer: Any) -> None:
+    """Process entry: PULL BatchTokenIDOut from the scheduler, PUSH BatchStrOut to the tokenizer manager."""
+    import zmq
+
+    from sglite_runtime.entrypoints.process_utils import configure_child_process
+    from sglite_runtime.managers.io_struct import decode, encode
+    from sglite_runtime.utils.hf_utils import get_tokenizer
+
+    configure_child_process(server_args, "detokenizer")
+    try:
+        manager = DetokenizerManager(get_tokenizer(server_args.tokenizer_path))
+        ctx = zmq.Context(2)
+        recv = ctx.socket(zmq.PULL)
+        recv.bind(port_args.detokenizer_ipc)
+        send = ctx.socket(zmq.PUSH)
+        send.connect(port_args.tokenizer_ipc)
+    except Exception as e:  # report to the launcher instead of dying silently
+        pipe_writer.send({"status": "error", "message": f"detokenizer failed to start: {e!r}"})
+        raise
+    pipe_writer.send({"status": "ready"})
+    while True:
+        msg = decode(recv.recv())
+        if isinstance(msg, BatchTokenIDOut):
+            send.send(encode(manager.handle_batch_token_id_out(msg)))

@@ -1,0 +1,113 @@
+"""Typed messages that cross process boundaries, and their one codec (msgspec msgpack).
+
+Flow: TokenizerManager → Scheduler (requests and control), Scheduler → Detokenizer
+(``BatchTokenIDOut``), Detokenizer → TokenizerManager (``BatchStrOut``), and Scheduler →
+TokenizerManager for control replies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import msgspec
+
+
+class TokenizedGenerateReqInput(msgspec.Struct, tag=True):
+    rid: str
+    input_text: str | None
+    input_ids: list[int]
+    sampling_params: dict[str, Any]
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    stream: bool = False
+
+
+class AbortReq(msgspec.Struct, tag=True):
+    rid: str = ""
+    abort_all: bool = False
+
+
+class FlushCacheReq(msgspec.Struct, tag=True):
+    pass
+
+
+class FlushCacheReqOutput(msgspec.Struct, tag=True):
+    success: bool
+    message: str = ""
+
+
+class GetInternalStateReq(msgspec.Struct, tag=True):
+    pass
+
+
+class GetInternalStateReqOutput(msgspec.Struct, tag=True):
+    state: dict[str, Any]
+
+
+class SchedulerReady(msgspec.Struct, tag=True):
+    """Sent once by the scheduler after the model is loaded."""
+
+    max_total_num_tokens: int
+    max_running_requests: int
+    context_len: int
+    vocab_size: int
+
+
+class BatchTokenIDOut(msgspec.Struct, tag=True):
+    """Per request: tokens produced since the previous message for that rid, and metadata."""
+
+    rids: list[str]
+    new_token_ids: list[list[int]]
+    finished_reasons: list[dict[str, Any] | None]
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    cached_tokens: list[int]
+    skip_special_tokens: list[bool]
+    no_stop_trim: list[bool]
+    # Logprob deltas (None when not requested). Each entry: (logprob, token_id).
+    output_token_logprobs: list[list[tuple[float, int]] | None]
+    output_top_logprobs: list[list[list[tuple[float, int]]] | None]
+    # Prompt logprobs, sent once with the first message of a request.
+    input_token_logprobs: list[list[tuple[float | None, int]] | None]
+    input_top_logprobs: list[list[list[tuple[float, int]] | None] | None]
+
+
+class BatchStrOut(msgspec.Struct, tag=True):
+    """Per request: the whole decoded output text so far (stop string trimmed at finish)."""
+
+    rids: list[str]
+    texts: list[str]
+    new_token_ids: list[list[int]]
+    finished_reasons: list[dict[str, Any] | None]
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    cached_tokens: list[int]
+    output_token_logprobs: list[list[tuple[float, int]] | None]
+    output_top_logprobs: list[list[list[tuple[float, int]]] | None]
+    input_token_logprobs: list[list[tuple[float | None, int]] | None]
+    input_top_logprobs: list[list[list[tuple[float, int]] | None] | None]
+
+
+Message = Union[
+    TokenizedGenerateReqInput,
+    AbortReq,
+    FlushCacheReq,
+    FlushCacheReqOutput,
+    GetInternalStateReq,
+    GetInternalStateReqOutput,
+    SchedulerReady,
+    BatchTokenIDOut,
+    BatchStrOut,
+]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(msg: Message) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes) -> Message:
+    return _decoder.decode(data)

@@ -1,0 +1,366 @@
+"""The scheduler: continuous batching with prefill priority over a radix-cached paged KV pool.
+
+One iteration (``step``): admit waiting requests into an extend batch if any fit (prefill has
+priority), else run one decode step of every running request; then sample, update each
+request, free or cache its KV, and emit the new tokens. The ZMQ loop (``event_loop``) only
+moves messages in and out of ``step``, so tests and the in-process engine drive the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from typing import Any
+
+import torch
+
+from sglite_runtime.managers.io_struct import (
+    AbortReq,
+    BatchTokenIDOut,
+    FlushCacheReq,
+    FlushCacheReqOutput,
+    GetInternalStateReq,
+    GetInternalStateReqOutput,
+    TokenizedGenerateReqInput,
+)
+from sglite_runtime.managers.schedule_batch import Req, ScheduleBatch
+from sglite_runtime.managers.schedule_policy import AddReqResult, PrefillAdder, SchedulePolicy
+from sglite_runtime.managers.scheduler_output import SchedulerOutputMixin
+from sglite_runtime.mem_cache.radix_cache import RadixCache
+from sglite_runtime.model_executor.model_runner import ModelRunner
+from sglite_runtime.sampling.sampling_params import SamplingParams
+from sglite_runtime.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO = 0.1
+NEW_TOKEN_RATIO_DECAY = (INIT_NEW_TOKEN_RATIO - MIN_NEW_TOKEN_RATIO) / 600
+RETRACT_DECODE_STEPS = 20
+
+
+class Scheduler(SchedulerOutputMixin):
+    def __init__(self, server_args: ServerArgs, tp_rank: int = 0):
+        self.server_args = server_args
+        self.tp_rank = tp_rank
+        self.model_runner = ModelRunner(server_args, tp_rank)
+        mr = self.model_runner
+        self.device = mr.device
+        self.vocab_size = mr.vocab_size
+        self.context_len = mr.context_len
+        self.max_total_num_tokens = mr.max_total_num_tokens
+        self.max_running_requests = mr.max_running_requests
+        self.req_to_token_pool = mr.req_to_token_pool
+        self.allocator = mr.token_to_kv_pool_allocator
+        self.tree_cache = RadixCache(
+            self.req_to_token_pool, self.allocator, page_size=mr.page_size,
+            disable=server_args.disable_radix_cache)
+        self.policy = SchedulePolicy(server_args.schedule_policy, self.tree_cache, not server_args.disable_radix_cache)
+        self.chunked_prefill_size = server_args.chunked_prefill_size
+        if self.chunked_prefill_size is not None and self.chunked_prefill_size <= 0:
+            self.chunked_prefill_size = None
+
+        from sglite_runtime.utils.hf_utils import get_eos_token_ids, get_tokenizer
+
+        self.tokenizer = get_tokenizer(server_args.tokenizer_path)
+        self.eos_token_ids = get_eos_token_ids(server_args.model_path, self.tokenizer)
+        self.sampler = self._make_sampler()
+        self.grammar_manager = self._make_grammar_manager()
+
+        self.waiting_queue: list[Req] = []
+        self.running_batch: ScheduleBatch | None = None
+        self.chunked_req: Req | None = None
+        self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        self.pending_outputs: deque[BatchTokenIDOut] = deque()
+        self.forward_ct = 0
+        self.num_retracted = 0
+        self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generation_tokens": 0, "requests": 0}
+        self.last_batch_time = time.monotonic()
+        self._seed_rng = random.Random(server_args.random_seed)
+
+    def _make_sampler(self):
+        from sglite_runtime.layers.sampler import Sampler
+
+        return Sampler()
+
+    def _make_grammar_manager(self):
+        try:
+            from sglite_runtime.managers.grammar_manager import GrammarManager
+        except ImportError:
+            return None
+        return GrammarManager(self)
+
+    # ---- inputs ----------------------------------------------------------------------------
+    def process_input_requests(self, msgs: list[Any]) -> list[Any]:
+        """Handle incoming messages; returns control replies for the tokenizer manager."""
+        replies = []
+        for msg in msgs:
+            if isinstance(msg, TokenizedGenerateReqInput):
+                self.handle_generate_request(msg)
+            elif isinstance(msg, AbortReq):
+                self.handle_abort(msg)
+            elif isinstance(msg, FlushCacheReq):
+                ok = self.flush_cache()
+                replies.append(FlushCacheReqOutput(success=ok, message="" if ok else "requests are running"))
+            elif isinstance(msg, GetInternalStateReq):
+                replies.append(GetInternalStateReqOutput(state=self.get_internal_state()))
+            else:
+                logger.warning("unknown message %r", type(msg).__name__)
+        return replies
+
+    def handle_generate_request(self, recv: TokenizedGenerateReqInput) -> None:
+        try:
+            sp = SamplingParams.from_dict(dict(recv.sampling_params))
+            sp.normalize(self.tokenizer)
+            sp.verify(self.vocab_size)
+            self._check_length(recv, sp)
+        except ValueError as e:
+            self._reject(recv, str(e))
+            return
+        seed = sp.seed if sp.seed is not None else self._seed_rng.getrandbits(62)
+        req = Req(recv.rid, recv.input_text, list(recv.input_ids), sp, seed,
+                  return_logprob=recv.return_logprob, logprob_start_len=recv.logprob_start_len,
+                  top_logprobs_num=recv.top_logprobs_num, stream=recv.stream,
+                  eos_token_ids=self.eos_token_ids)
+        self.stats["requests"] += 1
+        if self.grammar_manager is not None and self.grammar_manager.needs_grammar(req):
+            self.grammar_manager.add(req)
+            return
+        self.waiting_queue.append(req)
+
+    def _check_length(self, recv: TokenizedGenerateReqInput, sp: SamplingParams) -> None:
+        n = len(recv.input_ids)
+        if sp.max_new_tokens is None:
+            sp.max_new_tokens = max(self.context_len - n, 0)
+        if n == 0:
+            raise ValueError("The input is empty: send a non-empty prompt.")
+        if n >= self.context_len:
+            raise ValueError(f"The input ({n} tokens) is longer than the model's context length ({self.context_len} tokens).")
+        if n + sp.max_new_tokens > self.context_len:
+            raise ValueError(
+                f"Requested token count exceeds the model's maximum context length of {self.context_len} tokens. "
+                f"You requested a total of {n + sp.max_new_tokens} tokens: {n} tokens from the input messages and "
+                f"{sp.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
+                "messages or the completion to fit within the limit.")
+        if n + 1 > self.max_total_num_tokens:
+            raise ValueError(f"The input ({n} tokens) does not fit in the KV cache ({self.max_total_num_tokens} tokens).")
+        if any(t < 0 or t >= self.vocab_size for t in recv.input_ids):
+            raise ValueError(f"Token id out of vocabulary (vocabulary size {self.vocab_size}).")
+
+    def _reject(self, recv: TokenizedGenerateReqInput, message: str) -> None:
+        self.pending_outputs.append(self._single_output(
+            recv.rid, [], {"type": "abort", "message": message, "status_code": 400}, len(recv.input_ids), 0, 0))
+
+    def handle_abort(self, recv: AbortReq) -> None:
+        def hit(r: Req) -> bool:
+            return recv.abort_all or r.rid == recv.rid or r.rid.startswith(recv.rid + "-")
+
+        for r in [r for r in self.waiting_queue if hit(r)]:
+            self.waiting_queue.remove(r)
+            self.pending_outputs.append(self._single_output(
+                r.rid, [], {"type": "abort", "message": "Abort in waiting queue"}, len(r.origin_input_ids),
+                len(r.output_ids), r.cached_tokens))
+        if self.grammar_manager is not None:
+            for r in self.grammar_manager.abort(hit):
+                self.pending_outputs.append(self._single_output(
+                    r.rid, [], {"type": "abort", "message": "Abort in grammar queue"}, len(r.origin_input_ids), 0, 0))
+        running = self.running_batch.reqs if self.running_batch else []
+        for r in list(running) + ([self.chunked_req] if self.chunked_req else []):
+            if hit(r):
+                r.to_abort = True  # freed through the normal finish path at the next step
+
+    # ---- batch selection ---------------------------------------------------------------------
+    def get_next_batch_to_run(self) -> ScheduleBatch | None:
+        if self.grammar_manager is not None:
+            self.waiting_queue.extend(self.grammar_manager.pop_ready())
+        batch = self.get_new_batch_prefill()
+        if batch is not None:
+            return batch
+        return self.update_running_batch()
+
+    def _num_running(self) -> int:
+        return self.running_batch.batch_size() if self.running_batch else 0
+
+    def get_new_batch_prefill(self) -> ScheduleBatch | None:
+        if not self.waiting_queue and self.chunked_req is None:
+            return None
+        running = self.running_batch.reqs if self.running_batch else []
+        if self._num_running() >= self.max_running_requests and self.chunked_req is None:
+            return None
+        self.policy.calc_priority(self.waiting_queue)
+        adder = PrefillAdder(
+            self.tree_cache, self.allocator.available_size(), running, self.new_token_ratio,
+            self.server_args.max_prefill_tokens, self.chunked_prefill_size, self.allocator.page_size)
+        if self.chunked_req is not None:
+            self.chunked_req.fill_ids = self.chunked_req.origin_input_ids + self.chunked_req.output_ids
+            self.chunked_req = adder.add_chunked_req(self.chunked_req)
+        if self.chunked_req is None:
+            for req in list(self.waiting_queue):
+                if self._num_running() + len(adder.can_run_list) >= self.max_running_requests:
+                    break
+                res = adder.add_one_req(req)
+                if res == AddReqResult.NO_TOKEN:
+                    break
+                self.waiting_queue.remove(req)
+                if res == AddReqResult.OTHER:
+                    break
+            if adder.new_chunked_req is not None:
+                self.chunked_req = adder.new_chunked_req
+        if not adder.can_run_list:
+            return None
+        for r in adder.can_run_list:
+            if not r._cached_counted:
+                r.cached_tokens = len(r.prefix_indices)
+                r._cached_counted = True
+                self.stats["prompt_tokens"] += len(r.origin_input_ids)
+                self.stats["cached_tokens"] += r.cached_tokens
+        batch = ScheduleBatch(adder.can_run_list, self.req_to_token_pool, self.allocator, self.tree_cache, self.device)
+        batch.prepare_for_extend()
+        return batch
+
+    def update_running_batch(self) -> ScheduleBatch | None:
+        batch = self.running_batch
+        if batch is None or batch.is_empty():
+            return None
+        if not batch.check_decode_mem():
+            retracted = batch.retract_decode()
+            self.num_retracted += len(retracted)
+            total_max_new = sum(r.sampling_params.max_new_tokens for r in batch.reqs) or 1
+            decoded = sum(len(r.output_ids) for r in batch.reqs)
+            self.new_token_ratio = min(1.0, (decoded + RETRACT_DECODE_STEPS * batch.batch_size()) / total_max_new)
+            logger.info("KV cache full: retracted %d requests; new_token_ratio=%.3f", len(retracted), self.new_token_ratio)
+            self.waiting_queue = retracted + self.waiting_queue
+        else:
+            self.new_token_ratio = max(self.new_token_ratio - NEW_TOKEN_RATIO_DECAY, MIN_NEW_TOKEN_RATIO)
+        batch.prepare_for_decode()
+        return batch
+
+    # ---- one iteration -----------------------------------------------------------------------
+    def step(self) -> bool:
+        """Run one batch if there is work. Returns False when idle."""
+        batch = self.get_next_batch_to_run()
+        if batch is None:
+            if not self.waiting_queue and self.chunked_req is None:
+                self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+            return False
+        self.run_batch(batch)
+        self.forward_ct += 1
+        self.last_batch_time = time.monotonic()
+        return True
+
+    def has_work(self) -> bool:
+        return bool(self.waiting_queue or self.chunked_req or (self.running_batch and not self.running_batch.is_empty())
+                    or (self.grammar_manager is not None and self.grammar_manager.has_pending()))
+
+    def run_batch(self, batch: ScheduleBatch) -> None:
+        fb = self.build_forward_batch(batch)
+        hidden = self.model_runner.forward(fb)
+        if batch.forward_mode.is_extend():
+            self.process_extend_result(batch, hidden)
+        else:
+            self.process_decode_result(batch, hidden)
+
+    # ---- control -----------------------------------------------------------------------------
+    def flush_cache(self) -> bool:
+        if self.has_work():
+            return False
+        self.tree_cache.reset()
+        self.allocator.clear()
+        self.req_to_token_pool.clear()
+        logger.info("Cache flushed")
+        return True
+
+    def pool_stats(self) -> dict[str, int]:
+        return {
+            "total": self.max_total_num_tokens,
+            "available": self.allocator.available_size(),
+            "evictable": self.tree_cache.evictable_size(),
+            "protected": self.tree_cache.protected_size(),
+        }
+
+    def check_memory(self) -> None:
+        """When idle, every slot is either free or held by an unlocked tree node."""
+        s = self.pool_stats()
+        if s["available"] + s["evictable"] != s["total"] or s["protected"]:
+            raise RuntimeError(f"KV pool leak detected: {s}")
+        if self.req_to_token_pool.available_size() != self.req_to_token_pool.size:
+            raise RuntimeError("request slot leak detected")
+
+    def get_internal_state(self) -> dict[str, Any]:
+        hit = self.stats["cached_tokens"] / max(self.stats["prompt_tokens"], 1)
+        return {
+            "kv_pool": self.pool_stats(),
+            "num_running_reqs": self._num_running(),
+            "num_waiting_reqs": len(self.waiting_queue),
+            "num_grammar_queue_reqs": self.grammar_manager.num_pending() if self.grammar_manager else 0,
+            "max_total_num_tokens": self.max_total_num_tokens,
+            "max_running_requests": self.max_running_requests,
+            "context_len": self.context_len,
+            "new_token_ratio": self.new_token_ratio,
+            "num_retracted_reqs": self.num_retracted,
+            "cache_hit_rate": hit,
+            **{f"{k}_total": v for k, v in self.stats.items()},
+        }
+
+    def drain_outputs(self) -> list[BatchTokenIDOut]:
+        out = list(self.pending_outputs)
+        self.pending_outputs.clear()
+        return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_scheduler_process(server_args: ServerArgs, port_args: Any, pipe_writer: Any, tp_rank: int = 0) -> None:
+    """Process entry: PULL requests from the tokenizer manager, run batches, PUSH outputs."""
+    import traceback
+
+    import zmq
+
+    from sglite_runtime.entrypoints.process_utils import configure_child_process
+    from sglite_runtime.managers.io_struct import SchedulerReady, decode, encode
+
+    configure_child_process(server_args, f"scheduler TP{tp_rank}")
+    try:
+        scheduler = Scheduler(server_args, tp_rank)
+    except Exception as e:
+        pipe_writer.send({"status": "error", "message": f"scheduler failed to start: {e!r}\n{traceback.format_exc()}"})
+        raise
+    ctx = zmq.Context(2)
+    recv = ctx.socket(zmq.PULL)
+    recv.bind(port_args.scheduler_input_ipc)
+    to_detok = ctx.socket(zmq.PUSH)
+    to_detok.connect(port_args.detokenizer_ipc)
+    to_tokenizer = ctx.socket(zmq.PUSH)
+    to_tokenizer.connect(port_args.tokenizer_ipc)
+    ready = SchedulerReady(scheduler.max_total_num_tokens, scheduler.max_running_requests,
+                           scheduler.context_len, scheduler.vocab_size)
+    pipe_writer.send({"status": "ready", "info": encode(ready)})
+    idle_checked = True
+    while True:
+        msgs = []
+        # Block only when idle, so a running batch never waits on the socket.
+        timeout = 0 if scheduler.has_work() else 1000
+        if recv.poll(timeout):
+            while True:
+                try:
+                    msgs.append(decode(recv.recv(zmq.NOBLOCK)))
+                except zmq.Again:
+                    break
+        for reply in scheduler.process_input_requests(msgs):
+            to_tokenizer.send(encode(reply))
+        ran = scheduler.step()
+        for out in scheduler.drain_outputs():
+            to_detok.send(encode(out))
+        if ran:
+            idle_checked = False
+        elif not scheduler.has_work() and not idle_checked:
+            idle_checked = True
+            try:
+                scheduler.check_memory()
+            except RuntimeError as e:
+                logger.error("%s", e)

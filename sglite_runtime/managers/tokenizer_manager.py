@@ -1,0 +1,398 @@
+"""TokenizerManager: the front of the runtime, living in the HTTP (or Engine) process.
+
+It validates and tokenizes requests, sends them to the scheduler, and fans the detokenizer's
+outputs back to the waiting coroutines (``rid → ReqState``). Every failure a client can cause
+is raised as ``ValueError`` before anything is scheduled, so the HTTP layer answers 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import zmq
+import zmq.asyncio
+
+from sglite_runtime.managers.io_struct import (
+    AbortReq,
+    BatchStrOut,
+    FlushCacheReq,
+    FlushCacheReqOutput,
+    GetInternalStateReq,
+    GetInternalStateReqOutput,
+    TokenizedGenerateReqInput,
+    decode,
+    encode,
+)
+from sglite_runtime.sampling.sampling_params import SamplingParams
+from sglite_runtime.server_args import ServerArgs
+from sglite_runtime.utils.hf_utils import get_tokenizer, load_chat_template
+
+logger = logging.getLogger(__name__)
+
+MAX_N = 64
+
+
+@dataclass
+class GenerateReqInput:
+    """A native ``/generate`` request (SGLang's field names)."""
+
+    text: str | list[str] | None = None
+    input_ids: list[int] | list[list[int]] | None = None
+    sampling_params: dict | list[dict] | None = None
+    rid: str | list[str] | None = None
+    return_logprob: bool | list[bool] = False
+    logprob_start_len: int | list[int] | None = None
+    top_logprobs_num: int | list[int] | None = None
+    return_text_in_logprobs: bool = False
+    stream: bool = False
+    image_data: Any = None
+
+    def is_batch(self) -> bool:
+        if self.text is not None:
+            return isinstance(self.text, list)
+        return bool(self.input_ids) and isinstance(self.input_ids[0], list)
+
+    def split(self) -> list["GenerateReqInput"]:
+        """One single request per element of a batch request."""
+        if not self.is_batch():
+            return [self]
+        n = len(self.text if self.text is not None else self.input_ids)
+
+        def pick(v: Any, i: int) -> Any:
+            return v[i] if isinstance(v, list) else v
+
+        return [GenerateReqInput(
+            text=self.text[i] if self.text is not None else None,
+            input_ids=self.input_ids[i] if self.text is None else None,
+            sampling_params=pick(self.sampling_params, i),
+            rid=pick(self.rid, i), return_logprob=pick(self.return_logprob, i),
+            logprob_start_len=pick(self.logprob_start_len, i), top_logprobs_num=pick(self.top_logprobs_num, i),
+            return_text_in_logprobs=self.return_text_in_logprobs, stream=self.stream) for i in range(n)]
+
+
+@dataclass
+class ReqState:
+    out_list: list[dict] = field(default_factory=list)
+    finished: bool = False
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    text: str = ""
+    output_ids: list[int] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    created: float = field(default_factory=time.monotonic)
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+
+
+class TokenizerManager:
+    def __init__(self, server_args: ServerArgs, port_args: Any, context_len: int, vocab_size: int):
+        self.server_args = server_args
+        self.tokenizer = get_tokenizer(server_args.tokenizer_path)
+        self.chat_template = load_chat_template(self.tokenizer, server_args.chat_template)
+        if server_args.chat_template:
+            self.tokenizer.chat_template = self.chat_template
+        self.context_len = context_len
+        self.vocab_size = vocab_size
+        self.model_path = server_args.model_path
+        self.served_model_name = server_args.served_model_name
+        self.ctx = zmq.asyncio.Context(2)
+        self.send_to_scheduler = self.ctx.socket(zmq.PUSH)
+        self.send_to_scheduler.connect(port_args.scheduler_input_ipc)
+        self.recv_from_detok = self.ctx.socket(zmq.PULL)
+        self.recv_from_detok.bind(port_args.tokenizer_ipc)
+        self.rid_to_state: dict[str, ReqState] = {}
+        self._control_futures: dict[type, asyncio.Future] = {}
+        self._control_lock: asyncio.Lock | None = None
+        self._loop_task: asyncio.Task | None = None
+        self.metrics: Any = None  # set by the HTTP server: called on first token and finish
+        self.grammar_validator = _make_grammar_validator()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the receive loop on the running event loop (idempotent)."""
+        if self._loop_task is None:
+            self._control_lock = asyncio.Lock()
+            self._loop_task = asyncio.get_running_loop().create_task(self.handle_loop())
+
+    async def handle_loop(self) -> None:
+        while True:
+            msg = decode(await self.recv_from_detok.recv())
+            if isinstance(msg, BatchStrOut):
+                self._handle_str_out(msg)
+            elif isinstance(msg, (FlushCacheReqOutput, GetInternalStateReqOutput)):
+                fut = self._control_futures.pop(type(msg), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+
+    # ---- validation and tokenization ---------------------------------------------------------
+    def _tokenize(self, obj: GenerateReqInput) -> list[int]:
+        if obj.input_ids is not None:
+            if not isinstance(obj.input_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in obj.input_ids):
+                raise ValueError("input_ids must be a flat list of integers.")
+            ids = list(obj.input_ids)
+            bad = [t for t in ids if t < 0 or t >= self.vocab_size]
+            if bad:
+                raise ValueError(f"Token id {bad[0]} is out of vocabulary (vocabulary size {self.vocab_size}).")
+            return ids
+        if obj.text is None or not isinstance(obj.text, str):
+            raise ValueError("Either text or input_ids must be provided.")
+        return self.tokenizer.encode(obj.text, add_special_tokens=False) if obj.text else []
+
+    def validate(self, ids: list[int], sp_dict: dict | None) -> SamplingParams:
+        if sp_dict is not None and not isinstance(sp_dict, dict):
+            raise ValueError("sampling_params must be a JSON object.")
+        sp = SamplingParams.from_dict(dict(sp_dict or {}))
+        sp.normalize(self.tokenizer)
+        sp.verify(self.vocab_size)
+        if not ids:
+            raise ValueError("The input is empty: send a non-empty prompt.")
+        n = len(ids)
+        if sp.max_new_tokens is None:
+            sp.max_new_tokens = max(self.context_len - n, 0)
+        if n >= self.context_len:
+            raise ValueError(f"The input ({n} tokens) is longer than the model's context length ({self.context_len} tokens).")
+        if n + sp.max_new_tokens > self.context_len:
+            raise ValueError(
+                f"Requested token count exceeds the model's maximum context length of {self.context_len} tokens. "
+                f"You requested a total of {n + sp.max_new_tokens} tokens: {n} tokens from the input messages and "
+                f"{sp.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
+                "messages or the completion to fit within the limit.")
+        if sp.n > MAX_N:
+            raise ValueError(f"n must be at most {MAX_N}, got {sp.n}.")
+        if self.grammar_validator is not None:
+            self.grammar_validator(sp)
+        return sp
+
+    # ---- generate ------------------------------------------------------------------------------
+    async def generate_request(self, obj: GenerateReqInput, request: Any = None) -> AsyncIterator[Any]:
+        """Yield outputs in the ``/generate`` shape: one dict (single) or a list (batch).
+
+        Streaming yields cumulative text chunks (with ``index`` for batches). Raises
+        ValueError for invalid input, before anything is sent to the scheduler.
+        """
+        self.start()
+        if obj.text is None and obj.input_ids is None:
+            raise ValueError("Either text or input_ids must be provided.")
+        singles = obj.split()
+        if not singles:
+            raise ValueError("The batch is empty.")
+        prepared = []
+        for s in singles:
+            ids = self._tokenize(s)
+            sp = self.validate(ids, s.sampling_params)
+            prepared.append((s, ids, sp))
+        expanded = []  # (index in the response, single, ids, sampling dict, rid)
+        for i, (s, ids, sp) in enumerate(prepared):
+            base = s.rid or uuid.uuid4().hex
+            if sp.n > 1:
+                await self._precache_prefix(ids, base)
+                for j in range(sp.n):
+                    d = sp.to_dict() | {"n": 1}
+                    if sp.seed is not None:
+                        d["seed"] = sp.seed + j
+                    expanded.append((len(expanded), s, ids, d, f"{base}-{j}"))
+            else:
+                expanded.append((len(expanded), s, ids, sp.to_dict(), base))
+        for _, s, ids, d, rid in expanded:
+            if rid in self.rid_to_state:
+                raise ValueError(f"Duplicate request id {rid!r}.")
+        for _, s, ids, d, rid in expanded:
+            self._send(s, ids, d, rid)
+        try:
+            if obj.stream:
+                async for chunk in self._stream(expanded, obj.is_batch() or len(expanded) > 1, request):
+                    yield chunk
+            else:
+                results = [await self._wait_final(rid, s, request) for _, s, _, _, rid in expanded]
+                yield results if (obj.is_batch() or len(results) > 1) else results[0]
+        finally:
+            for _, _, _, _, rid in expanded:
+                if rid in self.rid_to_state:
+                    self.abort_request(rid)
+
+    async def _precache_prefix(self, ids: list[int], base: str) -> None:
+        # n samples of one prompt: prefill it once so the n requests hit the radix cache.
+        rid = f"{base}-prefix"
+        self._send(GenerateReqInput(input_ids=ids), ids, {"max_new_tokens": 0}, rid)
+        await self._wait_final(rid, GenerateReqInput(input_ids=ids), None)
+
+    def _send(self, s: GenerateReqInput, ids: list[int], sp: dict, rid: str) -> None:
+        self.rid_to_state[rid] = ReqState()
+        start = s.logprob_start_len if s.logprob_start_len is not None else -1
+        if start is not None and start >= len(ids):
+            start = len(ids) - 1
+        msg = TokenizedGenerateReqInput(
+            rid=rid, input_text=s.text if isinstance(s.text, str) else None, input_ids=ids, sampling_params=sp,
+            return_logprob=bool(s.return_logprob), logprob_start_len=start,
+            top_logprobs_num=int(s.top_logprobs_num or 0), stream=bool(s.stream))
+        self.send_to_scheduler.send(encode(msg))
+        if self.server_args.log_requests:
+            logger.info("request %s: %d prompt tokens, %s", rid, len(ids), sp)
+
+    async def _wait_one(self, rid: str, request: Any) -> ReqState:
+        state = self.rid_to_state[rid]
+        while True:
+            try:
+                await asyncio.wait_for(state.event.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if request is not None and await request.is_disconnected():
+                    self.abort_request(rid)
+                    raise asyncio.CancelledError(f"client disconnected; aborted {rid}")
+                continue
+            state.event.clear()
+            return state
+
+    async def _wait_final(self, rid: str, s: GenerateReqInput, request: Any) -> dict:
+        while True:
+            state = await self._wait_one(rid, request)
+            if state.finished:
+                self.rid_to_state.pop(rid, None)
+                state.out_list.clear()
+                return self._format(rid, state, s, incremental=False)
+
+    async def _stream(self, expanded, batched: bool, request: Any) -> AsyncIterator[dict]:
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(index: int, s: GenerateReqInput, rid: str) -> None:
+            try:
+                while True:
+                    state = await self._wait_one(rid, request)
+                    chunk = self._format(rid, state, s, incremental=True)
+                    if batched:
+                        chunk["index"] = index
+                    await queue.put(chunk)
+                    if state.finished:
+                        self.rid_to_state.pop(rid, None)
+                        break
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(pump(i, s, rid)) for i, s, _, _, rid in expanded]
+        done = 0
+        try:
+            while done < len(tasks):
+                item = await queue.get()
+                if item is None:
+                    done += 1
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    # ---- outputs ---------------------------------------------------------------------------------
+    def _handle_str_out(self, recv: BatchStrOut) -> None:
+        now = time.monotonic()
+        for i, rid in enumerate(recv.rids):
+            state = self.rid_to_state.get(rid)
+            if state is None:
+                continue  # aborted and forgotten
+            state.text = recv.texts[i]
+            new_ids = recv.new_token_ids[i]
+            state.output_ids.extend(new_ids)
+            m = state.meta
+            m.update(prompt_tokens=recv.prompt_tokens[i], completion_tokens=recv.completion_tokens[i],
+                     cached_tokens=recv.cached_tokens[i], finish_reason=recv.finished_reasons[i])
+            for key in ("output_token_logprobs", "output_top_logprobs"):
+                val = getattr(recv, key)[i]
+                if val is not None:
+                    m.setdefault(key, []).extend(val)
+                    m.setdefault("_pending_" + key, []).extend(val)
+            for key in ("input_token_logprobs", "input_top_logprobs"):
+                val = getattr(recv, key)[i]
+                if val is not None:
+                    m[key] = val
+            if new_ids and state.first_token_time is None:
+                state.first_token_time = now
+            if self.metrics is not None:
+                self.metrics.on_output(state, new_ids, now)
+            state.last_token_time = now
+            state.out_list.append(True)
+            if recv.finished_reasons[i] is not None:
+                state.finished = True
+                if self.metrics is not None:
+                    self.metrics.on_finish(state, now)
+            state.event.set()
+
+    def _format(self, rid: str, state: ReqState, s: GenerateReqInput, incremental: bool) -> dict:
+        m = state.meta
+        meta: dict[str, Any] = {
+            "id": rid,
+            "finish_reason": m.get("finish_reason"),
+            "prompt_tokens": m.get("prompt_tokens", 0),
+            "completion_tokens": m.get("completion_tokens", 0),
+            "cached_tokens": m.get("cached_tokens", 0),
+            "e2e_latency": time.monotonic() - state.created,
+        }
+        if s.return_logprob:
+            with_text = s.return_text_in_logprobs
+            if incremental:
+                out_lp = m.pop("_pending_output_token_logprobs", [])
+                out_top = m.pop("_pending_output_top_logprobs", [])
+            else:
+                out_lp, out_top = m.get("output_token_logprobs", []), m.get("output_top_logprobs", [])
+            meta["output_token_logprobs"] = self._triples(out_lp, with_text)
+            meta["output_token_logprobs_length"] = m.get("completion_tokens", 0)
+            meta["input_token_logprobs"] = self._triples(m.get("input_token_logprobs") or [], with_text)
+            if s.top_logprobs_num:
+                meta["output_top_logprobs"] = [self._triples(x or [], with_text) for x in out_top]
+                meta["input_top_logprobs"] = [self._triples(x, with_text) if x else None
+                                              for x in (m.get("input_top_logprobs") or [])]
+        return {"text": state.text, "output_ids": list(state.output_ids), "meta_info": meta}
+
+    def _triples(self, pairs: list, with_text: bool) -> list[list]:
+        if not with_text:
+            return [[lp, tid, None] for lp, tid in pairs]
+        return [[lp, tid, self.tokenizer.decode([tid])] for lp, tid in pairs]
+
+    # ---- control -----------------------------------------------------------------------------------
+    def abort_request(self, rid: str = "", abort_all: bool = False) -> None:
+        self.send_to_scheduler.send(encode(AbortReq(rid=rid, abort_all=abort_all)))
+        if abort_all:
+            self.rid_to_state.clear()
+        else:
+            self.rid_to_state.pop(rid, None)
+
+    async def _control(self, req: Any, reply_type: type, timeout: float = 30.0) -> Any:
+        self.start()
+        async with self._control_lock:
+            fut = asyncio.get_running_loop().create_future()
+            self._control_futures[reply_type] = fut
+            self.send_to_scheduler.send(encode(req))
+            return await asyncio.wait_for(fut, timeout)
+
+    async def flush_cache(self) -> FlushCacheReqOutput:
+        return await self._control(FlushCacheReq(), FlushCacheReqOutput)
+
+    async def get_internal_state(self) -> dict:
+        return (await self._control(GetInternalStateReq(), GetInternalStateReqOutput)).state
+
+    def model_info(self) -> dict:
+        return {
+            "model_path": self.model_path,
+            "tokenizer_path": self.server_args.tokenizer_path,
+            "is_generation": True,
+            "served_model_name": self.served_model_name,
+            "chat_template": self.chat_template,
+            "bos_token": getattr(self.tokenizer, "bos_token", None),
+            "eos_token": getattr(self.tokenizer, "eos_token", None),
+            "max_context_length": self.context_len,
+            "vocab_size": self.vocab_size,
+        }
+
+    def server_args_dict(self) -> dict:
+        return dataclasses.asdict(copy.copy(self.server_args)) | {"api_key": None}
+
+
+def _make_grammar_validator():
+    try:
+        from sglite_runtime.constrained.outlines_backend import validate_sampling_params
+    except ImportError:
+        return None
+    return validate_sampling_params

@@ -1,0 +1,126 @@
+"""ModelRunner: owns the model, the KV pools and the attention backend; runs one forward."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from sglite_runtime.mem_cache.memory_pool import (
+    MHATokenToKVPool,
+    ReqToTokenPool,
+    TokenToKVPoolAllocator,
+    kv_bytes_per_token,
+)
+from sglite_runtime.model_executor.forward_batch import ForwardBatch
+from sglite_runtime.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+# Without --max-total-tokens on a CPU, size the pool by this many bytes of KV (capped in tokens),
+# so that starting an engine does not zero gigabytes of RAM.
+CPU_DEFAULT_KV_BYTES = 1 << 30
+CPU_DEFAULT_MAX_TOKENS = 65536
+
+
+def _resolve_dtype(name: str, hf_config) -> torch.dtype | None:
+    if name == "auto":
+        return None
+    return {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+            "half": torch.float16, "float16": torch.float16}[name]
+
+
+class ModelRunner:
+    def __init__(self, server_args: ServerArgs, tp_rank: int = 0):
+        self.server_args = server_args
+        self.tp_rank = tp_rank
+        self.device = server_args.resolved_device()
+        if self.device == "cpu":
+            threads = server_args.num_threads or int(os.environ.get("SGLITE_NUM_THREADS", 0)) or torch.get_num_threads()
+            torch.set_num_threads(threads)
+        torch.manual_seed(server_args.random_seed)
+
+        from sglite_runtime.models.loader import load_model
+
+        self.model, self.hf_config = load_model(
+            server_args.model_path, dtype=_resolve_dtype(server_args.dtype, None), device=self.device
+        )
+        self.model.eval()
+        self.dtype = next(self.model.parameters()).dtype
+        cfg = self.hf_config
+        self.vocab_size = cfg.vocab_size
+        self.context_len = server_args.context_length or getattr(cfg, "max_position_embeddings", 2048)
+        self.num_layers = cfg.num_hidden_layers
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = head_dim
+        self.num_kv_heads = self._local_kv_heads()
+        self.page_size = server_args.page_size
+        self._init_memory_pool()
+        self.attn_backend = self._create_attn_backend()
+
+    # ---- setup -------------------------------------------------------------------------
+    def _local_kv_heads(self) -> int:
+        from sglite_runtime.distributed.parallel_state import get_tp_size
+
+        kv = getattr(self.hf_config, "num_key_value_heads", None) or self.hf_config.num_attention_heads
+        tp = get_tp_size()
+        return max(kv // tp, 1)
+
+    def _init_memory_pool(self) -> None:
+        args = self.server_args
+        per_token = kv_bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype)
+        if args.max_total_tokens:
+            total = args.max_total_tokens
+        elif self.device.startswith("cuda"):
+            free, _ = torch.cuda.mem_get_info()
+            frac = args.mem_fraction_static or 0.85
+            total_mem = torch.cuda.get_device_properties(0).total_memory
+            budget = free - (1 - frac) * total_mem
+            total = int(max(budget, 0) // per_token)
+        else:
+            budget = CPU_DEFAULT_KV_BYTES if args.mem_fraction_static is None else int(
+                args.mem_fraction_static * _physical_memory())
+            total = min(budget // per_token, CPU_DEFAULT_MAX_TOKENS)
+        total -= total % self.page_size
+        if total < self.page_size * 2:
+            raise ValueError(f"KV pool too small: {total} tokens; raise --max-total-tokens or --mem-fraction-static")
+        self.max_total_num_tokens = total
+        self.max_running_requests = args.max_running_requests or min(256, max(total // 16, 4))
+        self.req_to_token_pool = ReqToTokenPool(self.max_running_requests + 1, self.context_len + 8, self.device)
+        self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(total, self.page_size, self.device)
+        self.token_to_kv_pool = MHATokenToKVPool(
+            total, self.page_size, self.dtype, self.num_kv_heads, self.head_dim, self.num_layers, self.device)
+        logger.info(
+            "KV pool: %d tokens (%.1f MiB, %d B/token), max_running_requests=%d, context_len=%d",
+            total, total * per_token / 2**20, per_token, self.max_running_requests, self.context_len)
+
+    def _create_attn_backend(self):
+        name = self.server_args.attention_backend
+        try:
+            from sglite_runtime.attention import create_attention_backend
+        except ImportError:
+            create_attention_backend = None
+        if create_attention_backend is not None:
+            return create_attention_backend(name, self.device, self)
+        from sglite_runtime.attention.torch_native import TorchNativeAttnBackend
+
+        return TorchNativeAttnBackend()
+
+    # ---- forward -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, fb: ForwardBatch) -> torch.Tensor:
+        """Run the model; returns hidden states of every token ``[num_tokens, hidden]``."""
+        self.attn_backend.init_forward_metadata(fb)
+        return self.model(fb.input_ids, fb.positions, fb)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden_rows: torch.Tensor) -> torch.Tensor:
+        return self.model.compute_logits(hidden_rows).float()
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 << 30
