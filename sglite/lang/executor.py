@@ -33,6 +33,14 @@ def _walk(expr: SglExpr):
         yield expr
 
 
+class _RaiseError(SglExpr):
+    """Internal queue item: fail the stream with ``error`` at this point."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+
 class StreamExecutor:
     """Executes one stream of a program on its own worker thread."""
 
@@ -141,6 +149,13 @@ class StreamExecutor:
                     event.set()
             self.cond.notify_all()
 
+    def fail_after_pending(self, error: BaseException) -> None:
+        """Record ``error`` once the already-submitted work has run (user-thread errors)."""
+        if self.use_thread and not self._ended:
+            self.queue.put(_RaiseError(error))
+        else:
+            self.fail(error)
+
     def fork(self, size: int) -> list["StreamExecutor"]:
         """Copy this stream into ``size`` new executors after committing the prefix."""
         if size > 1:
@@ -212,6 +227,8 @@ class StreamExecutor:
             self.cond.notify_all()
 
     def _execute(self, expr: SglExpr) -> None:
+        if isinstance(expr, _RaiseError):
+            raise expr.error
         if isinstance(expr, SglExprList):
             for e in expr.exprs:
                 self._execute(e)

@@ -53,7 +53,7 @@ def run_program(func: Callable[..., Any], backend: Any, args: tuple, kwargs: dic
                 state.ret_value = func(state, *args, **kwargs)
             except BaseException as e:  # noqa: BLE001 - surfaced at the reader
                 logger.warning("Error in program function: %s: %s", type(e).__name__, e)
-                executor.fail(e)
+                executor.fail_after_pending(e)
             finally:
                 executor.end()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, Optional
 
@@ -62,6 +63,7 @@ class FakeModel:
         self.inv: dict[int, str] = {1: BOS}
         self.lock = threading.Lock()
         self.flushes = 0
+        self.stream_delay = 0.0  # seconds between streamed chunks
         self.model_info = {
             "model_path": "fake/model", "tokenizer_path": "fake/model", "is_generation": True,
             "chat_template": chat_template, "bos_token": BOS if add_bos else None,
@@ -154,10 +156,13 @@ class FakeModel:
     def stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Streaming chunks: cumulative text, incremental output logprobs."""
         full = self.handle(dict(payload, stream=False))
+        self.requests[-1]["stream"] = True  # record what the client actually sent
         meta = full["meta_info"]
         toks = TOKEN_RE.findall(full["text"])
         lps = meta.get("output_token_logprobs")
         for i in range(len(toks)):
+            if self.stream_delay:
+                time.sleep(self.stream_delay)
             m = dict(meta, completion_tokens=i + 1, finish_reason=None if i + 1 < len(toks) else meta["finish_reason"])
             if lps is not None:
                 m["output_token_logprobs"] = lps[i:i + 1]
@@ -296,7 +301,7 @@ class FakeHTTPServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:
