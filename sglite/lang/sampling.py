@@ -134,7 +134,7 @@ class SglSamplingParams:
         if self.repetition_penalty is not None:
             sp["repetition_penalty"] = self.repetition_penalty
         if self.seed is not None:
-            sp["sampling_seed"] = self.seed
+            sp["seed"] = self.seed  # sglite_runtime.SamplingParams.seed
         top: dict[str, Any] = {}
         for name in ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs"):
             value = getattr(self, name)

@@ -39,7 +39,7 @@ def test_run_defaults_and_gen_overrides(backend, model):
     assert state["a"] == " lorem ipsum "
     sp = model.requests[-1]["sampling_params"]
     assert sp["temperature"] == 0.3 and sp["top_p"] == 0.9 and sp["max_new_tokens"] == 16
-    assert sp["stop"] == ["dolor"] and sp["stop_token_ids"] == [5] and sp["sampling_seed"] == 7
+    assert sp["stop"] == ["dolor"] and sp["stop_token_ids"] == [5] and sp["seed"] == 7
 
 
 def test_state_item_access_and_errors(backend):
