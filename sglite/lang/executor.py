@@ -60,6 +60,8 @@ class StreamExecutor:
         self.text_ = ""
         self.variables: dict[str, Any] = {}
         self.variable_events: dict[str, threading.Event] = {}
+        # Per-node events: a name generated twice must not be released by the first gen.
+        self._node_events: dict[int, list[threading.Event]] = {}
         self.meta_info: dict[str, Any] = {}
         self.stream_chunks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self.messages_: list[dict[str, Any]] = []
@@ -68,7 +70,7 @@ class StreamExecutor:
         self.cur_role_begin_pos = 0
         self.cur_role_images: list[str] = []
         self.images_: list[str] = []
-        self.var_scope_begin: dict[str, int] = {}
+        self.var_scope_begin: dict[str, tuple[int, SglExpr]] = {}
         self.fork_start_text_pos: Optional[int] = None
         self.error_: Optional[BaseException] = None
         self.failed_vars: set[str] = set()
@@ -93,7 +95,9 @@ class StreamExecutor:
             name = getattr(node, "name", None)
             if isinstance(node, (SglGen, SglSelect, SglVarScopeBegin)) and name:
                 with self.cond:
-                    self.variable_events[name] = threading.Event()
+                    event = threading.Event()
+                    self.variable_events[name] = event
+                    self._node_events.setdefault(node.node_id, []).append(event)
                     self.failed_vars.discard(name)
         if self.use_thread:
             self.queue.put(expr)
@@ -147,6 +151,10 @@ class StreamExecutor:
                 if not event.is_set():
                     self.failed_vars.add(name)
                     event.set()
+            for events in self._node_events.values():
+                for event in events:
+                    event.set()
+            self._node_events.clear()
             self.cond.notify_all()
 
     def fail_after_pending(self, error: BaseException) -> None:
@@ -216,14 +224,21 @@ class StreamExecutor:
             self.text_ += text
             self.cond.notify_all()
 
-    def _publish(self, name: Optional[str], value: Any, meta: Any = None) -> None:
+    def _publish(self, name: Optional[str], value: Any, meta: Any = None,
+                 node: Optional[SglExpr] = None) -> None:
         if not name:
             return
         with self.cond:
             self.variables[name] = value
             if meta is not None:
                 self.meta_info[name] = meta
-            self.variable_events.setdefault(name, threading.Event()).set()
+            events = self._node_events.get(node.node_id) if node is not None else None
+            if events:
+                events.pop(0).set()
+                if not events:
+                    del self._node_events[node.node_id]
+            else:
+                self.variable_events.setdefault(name, threading.Event()).set()
             self.cond.notify_all()
 
     def _execute(self, expr: SglExpr) -> None:
@@ -248,9 +263,11 @@ class StreamExecutor:
             self.cur_role_images.append(data)
             self._append(self.chat_template.image_token or "")
         elif isinstance(expr, SglVarScopeBegin):
-            self.var_scope_begin[expr.name] = len(self.text_)
+            self.var_scope_begin[expr.name] = (len(self.text_), expr)
         elif isinstance(expr, SglVarScopeEnd):
-            self._publish(expr.name, self.text_[self.var_scope_begin.pop(expr.name, len(self.text_)):])
+            begin_node = self.var_scope_begin.pop(expr.name, None)
+            start, node = begin_node if begin_node else (len(self.text_), None)
+            self._publish(expr.name, self.text_[start:], node=node)
         elif isinstance(expr, SglCommitLazy):
             self.backend.commit_prefix(self.text_)  # skips an empty text
         elif isinstance(expr, SglArgument):
@@ -281,12 +298,12 @@ class StreamExecutor:
                 meta = chunk_meta
             if "output_token_logprobs" in meta:
                 meta = dict(meta, output_token_logprobs=logprobs)
-            self._publish(name, value, meta)
+            self._publish(name, value, meta, expr)
             return
         text, meta = self.backend.generate(self.text_, params, images)
         # n > 1: the variable is the list of samples; the text continues with sample 0.
         self._append(text[0] if isinstance(text, list) else text)
-        self._publish(name, text, meta)
+        self._publish(name, text, meta, expr)
 
     def _execute_select(self, expr: SglSelect) -> None:
         images = list(self.images_) or None
@@ -296,7 +313,7 @@ class StreamExecutor:
         if expr.name:
             with self.cond:
                 self.stream_chunks[expr.name] = [(decision.decision, decision.meta_info)]
-        self._publish(expr.name, decision.decision, decision.meta_info)
+        self._publish(expr.name, decision.decision, decision.meta_info, expr)
 
     def _execute_role_begin(self, role: str) -> None:
         if self.cur_role is not None:

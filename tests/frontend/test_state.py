@@ -243,3 +243,26 @@ def test_use_thread_false_runs_inline(backend):
 
     assert f.run(use_thread=False).text() == "a lorem"
     assert CANNED.startswith(" lorem")
+
+
+def test_same_name_twice_waits_for_the_latest(model):
+    calls = []
+
+    def responder(prompt, sp, index):
+        calls.append(prompt)
+        return f" v{len(calls)}"
+
+    model.responder = responder
+    backend = FakeBackend(model)
+
+    @sglite.function
+    def f(s):
+        s += "a" + sglite.gen("x", max_tokens=1)
+        first = s["x"]
+        s += "b" + sglite.gen("x", max_tokens=1) + "c" + sglite.gen("x", max_tokens=1)
+        return first
+
+    state = f.run(backend=backend)
+    assert state.ret_value == " v1"
+    assert state["x"] == " v3"
+    assert state.text() == "a v1b v2c v3"
