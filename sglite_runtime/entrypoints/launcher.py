@@ -85,3 +85,143 @@ def launch_subprocesses(server_args: ServerArgs) -> RuntimeProcesses:
     logger.info("runtime ready: %d KV tokens, max %d running requests, context %d",
                 ready.max_total_num_tokens, ready.max_running_requests, ready.context_len)
     return RuntimeProcesses(port_args, procs, ready)
+
+
+# ---- launching the HTTP server as a subprocess (Python API) -------------------------------------------
+def _free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _server_cli_args(server_args: dict[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key, value in server_args.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        args += [flag] if value is True else [flag, str(value)]
+    return args
+
+
+class ServerHandle:
+    """A server started by :func:`launch_server`: ``.url``, ``.port``, ``.process``, ``.shutdown()``."""
+
+    def __init__(self, process: Any, host: str, port: int, api_key: str | None = None):
+        self.process = process
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.url = f"http://{host}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL (``<url>/v1``)."""
+        return self.url + "/v1"
+
+    def shutdown(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (the server drains and exits 0), then SIGKILL the group after ``timeout`` s; reaps."""
+        import os
+        import signal
+        import subprocess
+
+        p = self.process
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("server %d did not stop within %.0f s; killing it", p.pid, timeout)
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        try:  # anything left in the server's process group (it leads its own group)
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+        return p.returncode
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+
+def launch_server(model_path: str | None = None, port: int | None = None, host: str = "127.0.0.1",
+                  timeout: float = 300.0, log_file: Any = None, env: dict | None = None,
+                  **server_args: Any) -> ServerHandle:
+    """Start ``python -m sglite.launch_server`` in its own process group; wait until it serves.
+
+    Returns once ``/health_generate`` answers 200 (a real one-token generation). Keyword
+    arguments are ServerArgs fields (``max_total_tokens=8192``, ``api_key="sk-…"``); ``port=None``
+    picks a free loopback port. Raises RuntimeError if the server exits or times out first.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    port = port or _free_port(host)
+    if model_path is not None:
+        server_args["model_path"] = model_path
+    cmd = [sys.executable, "-m", "sglite.launch_server", "--host", host, "--port", str(port)]
+    cmd += _server_cli_args(server_args)
+    out = log_file if log_file is not None else None
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT if out else None,
+                            env={**os.environ, **(env or {})})
+    handle = ServerHandle(proc, host, port, server_args.get("api_key"))
+    headers = {"Authorization": f"Bearer {handle.api_key}"} if handle.api_key else {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sglite server exited with code {proc.returncode} during startup: {' '.join(cmd)}")
+        try:
+            if requests.get(handle.url + "/health_generate", headers=headers, timeout=30).status_code == 200:
+                return handle
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    handle.shutdown(5)
+    raise RuntimeError(f"sglite server did not become healthy within {timeout:.0f} s")
+
+
+class Runtime:
+    """A local server for the frontend language, as in SGLang: ``Runtime(model_path=...)``.
+
+    ``.url`` is the server address and ``.endpoint`` a ``sglite.RuntimeEndpoint`` for
+    ``sglite.set_default_backend``. The server is shut down at interpreter exit.
+    """
+
+    def __init__(self, log_level: str = "error", launch_timeout: float = 300.0, **server_args: Any):
+        import atexit
+
+        self._handle: ServerHandle | None = launch_server(log_level=log_level, timeout=launch_timeout, **server_args)
+        self.url = self._handle.url
+        self.port = self._handle.port
+        self.pid = self._handle.process.pid
+        from sglite import RuntimeEndpoint
+
+        self.endpoint = RuntimeEndpoint(self.url, api_key=server_args.get("api_key"))
+        atexit.register(self.shutdown)
+
+    def shutdown(self) -> None:
+        """Stop the server (safe to call twice)."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.shutdown()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        try:
+            self.shutdown()
+        except Exception:
+            pass
