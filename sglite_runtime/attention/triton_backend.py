@@ -97,7 +97,7 @@ class TritonAttnBackend(AttentionBackend):
         if save_kv_cache:
             fb.token_to_kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k3, v3)
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        o = torch.empty_like(q3)
+        o = torch.empty(q3.shape, dtype=q3.dtype, device=q3.device)  # contiguous even if q3 is a strided view
         # The kernel reads the prefix from the pool and the new tokens from k3/v3, so it is
         # correct whether or not they were just stored.
         self._extend(
@@ -122,7 +122,7 @@ class TritonAttnBackend(AttentionBackend):
         k3 = k.reshape(bs, layer.tp_k_head_num, layer.head_dim)
         v3 = v.reshape(bs, layer.tp_v_head_num, layer.head_dim)
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        o = torch.empty_like(q3)
+        o = torch.empty(q3.shape, dtype=q3.dtype, device=q3.device)  # contiguous even if q3 is a strided view
         if not save_kv_cache:
             # The new token is not in the pool: run it as a 1-token extend (prefix from the
             # pool, the token itself from k/v). Rare path, so the small extra cost is fine.

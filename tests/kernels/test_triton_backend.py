@@ -57,9 +57,9 @@ class _Harness:
             self.r2t.req_to_token[r, p:s] = loc[cursor : cursor + s - p].to(torch.int32)
             cursor += s - p
         n, lay = sum(new), self.layer
-        q = self._rand(n, lay.tp_q_head_num * lay.head_dim)
-        k = self._rand(n, lay.tp_k_head_num * lay.head_dim)
-        v = self._rand(n, lay.tp_v_head_num * lay.head_dim)
+        # Strided views of one fused qkv tensor, as a model's QKV projection hands them over.
+        sizes = [x * lay.head_dim for x in (lay.tp_q_head_num, lay.tp_k_head_num, lay.tp_v_head_num)]
+        q, k, v = self._rand(n, sum(sizes)).split(sizes, dim=-1)
         dev = self.device
         ext = torch.tensor(new, dtype=torch.int64, device=dev)
         outs = {}
