@@ -15,6 +15,7 @@ import importlib
 import inspect
 import json
 import random
+import re
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
@@ -219,9 +220,11 @@ def docstring_docs() -> list[str]:
 
     def sig(name: str, obj: object) -> str:
         try:
-            return f"{name}{inspect.signature(obj)}"
+            text = f"{name}{inspect.signature(obj)}"
         except (TypeError, ValueError):
             return name
+        # Default reprs like <object object at 0x7f...> differ per process: drop the address.
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
 
     for mod_name in STDLIB_MODULES:
         try:

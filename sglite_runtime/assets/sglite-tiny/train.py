@@ -172,6 +172,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-minutes", type=float, default=10.0,
+                    help="wall-clock cap for the training loop; when it binds, the cosine "
+                         "schedule is compressed so the LR still anneals (shared CPUs)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (few steps, small eval)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -220,10 +223,19 @@ def main() -> None:
     model.train()
     t_train = time.time()
     ema = None
+    budget_s = args.max_minutes * 60.0
+    steps_done = 0
     bar = tqdm(range(args.steps), desc="train", mininterval=5.0)
     for step in bar:
+        # Progress is the larger of step and time fractions: with an idle CPU the run is
+        # step-bound and bit-reproducible; on a loaded one it still ends, annealed, in time.
+        elapsed = time.time() - t_train
+        if elapsed >= budget_s:
+            logger.warning("time cap %.1f min reached at step %d/%d", args.max_minutes, step, args.steps)
+            break
+        eff_step = max(step, int(args.steps * elapsed / budget_s))
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.steps, args.lr, warmup)
+            g["lr"] = lr_at(eff_step, args.steps, args.lr, warmup)
         starts = torch.randint(0, len(train_stream) - SEQ_LEN - 1, (args.batch,), generator=gen)
         x = torch.stack([train_stream[s:s + SEQ_LEN] for s in starts.tolist()])
         y = torch.stack([train_stream[s + 1:s + SEQ_LEN + 1] for s in starts.tolist()])
@@ -235,6 +247,7 @@ def main() -> None:
         opt.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
+        steps_done = step + 1
     train_seconds = time.time() - t_train
 
     max_windows = 8 if args.quick else 64
@@ -262,10 +275,13 @@ def main() -> None:
         "params": n_params,
         "vocab_size": tok.get_vocab_size(),
         "seq_len": SEQ_LEN,
-        "steps": args.steps,
+        "steps": steps_done,
+        "steps_planned": args.steps,
+        "time_cap_bound": steps_done < args.steps,
+        "threads": args.threads,
         "batch": args.batch,
         "peak_lr": args.lr,
-        "tokens_seen": args.steps * args.batch * SEQ_LEN,
+        "tokens_seen": steps_done * args.batch * SEQ_LEN,
         "train_docs": len(train_docs),
         "heldout_docs": len(heldout_docs),
         "train_tokens": len(train_stream),
