@@ -33,6 +33,9 @@ class ServerArgs:
     max_prefill_tokens: int = 16384
     chunked_prefill_size: int | None = None
     schedule_policy: str = "lpm"
+    # Share of a request's remaining max_new_tokens charged at admission; decays while decode
+    # runs, rises on retraction. Lower admits more and relies on retraction.
+    init_new_token_ratio: float = 0.7
     disable_radix_cache: bool = False
     page_size: int = 1
     stream_interval: int = 1

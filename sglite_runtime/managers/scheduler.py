@@ -35,10 +35,12 @@ from sglite_runtime.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
-INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO = 0.1
-NEW_TOKEN_RATIO_DECAY = (INIT_NEW_TOKEN_RATIO - MIN_NEW_TOKEN_RATIO) / 600
+NEW_TOKEN_RATIO_DECAY = (0.7 - MIN_NEW_TOKEN_RATIO) / 600
 RETRACT_DECODE_STEPS = 20
+# Requests whose next this-many uncached tokens match a request admitted in the same round
+# wait one round for the radix cache instead of recomputing the shared prefix.
+IN_BATCH_PREFIX_LEN = 32
 
 
 class Scheduler(SchedulerOutputMixin):
@@ -72,7 +74,8 @@ class Scheduler(SchedulerOutputMixin):
         self.waiting_queue: list[Req] = []
         self.running_batch: ScheduleBatch | None = None
         self.chunked_req: Req | None = None
-        self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        self.init_new_token_ratio = server_args.init_new_token_ratio
+        self.new_token_ratio = self.init_new_token_ratio
         self.pending_outputs: deque[BatchTokenIDOut] = deque()
         self.forward_ct = 0
         self.num_retracted = 0
@@ -197,9 +200,12 @@ class Scheduler(SchedulerOutputMixin):
             self.chunked_req.fill_ids = self.chunked_req.origin_input_ids + self.chunked_req.output_ids
             self.chunked_req = adder.add_chunked_req(self.chunked_req)
         if self.chunked_req is None:
+            in_batch: set[tuple[int, ...]] = set()
             for req in list(self.waiting_queue):
                 if self._num_running() + len(adder.can_run_list) >= self.max_running_requests:
                     break
+                if self._shares_prefix_in_batch(req, in_batch):
+                    continue  # runs next round and hits the prefix its twin caches now
                 res = adder.add_one_req(req)
                 if res == AddReqResult.NO_TOKEN:
                     break
@@ -220,6 +226,20 @@ class Scheduler(SchedulerOutputMixin):
         batch.prepare_for_extend()
         return batch
 
+    def _shares_prefix_in_batch(self, req: Req, seen: set[tuple[int, ...]]) -> bool:
+        """Whether ``req``'s first uncached tokens equal those of a request admitted this round.
+
+        Admitting both would compute the shared part twice; deferring one step lets the radix
+        cache serve it instead.
+        """
+        if self.server_args.disable_radix_cache or req.extend_input_len <= IN_BATCH_PREFIX_LEN:
+            return False
+        key = tuple(req.fill_ids[: len(req.prefix_indices) + IN_BATCH_PREFIX_LEN])
+        if key in seen:
+            return True
+        seen.add(key)
+        return False
+
     def update_running_batch(self) -> ScheduleBatch | None:
         batch = self.running_batch
         if batch is None or batch.is_empty():
@@ -233,7 +253,7 @@ class Scheduler(SchedulerOutputMixin):
             logger.info("KV cache full: retracted %d requests; new_token_ratio=%.3f", len(retracted), self.new_token_ratio)
             self.waiting_queue = retracted + self.waiting_queue
         else:
-            self.new_token_ratio = max(self.new_token_ratio - NEW_TOKEN_RATIO_DECAY, MIN_NEW_TOKEN_RATIO)
+            self.new_token_ratio = max(self.new_token_ratio - NEW_TOKEN_RATIO_DECAY, min(MIN_NEW_TOKEN_RATIO, self.init_new_token_ratio))
         batch.prepare_for_decode()
         return batch
 
@@ -243,7 +263,7 @@ class Scheduler(SchedulerOutputMixin):
         batch = self.get_next_batch_to_run()
         if batch is None:
             if not self.waiting_queue and self.chunked_req is None:
-                self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+                self.new_token_ratio = self.init_new_token_ratio
             return False
         self.run_batch(batch)
         self.forward_ct += 1
