@@ -1,0 +1,277 @@
+"""Grammar backend on outlines-core: a regex/JSON-schema automaton over token ids.
+
+Compilation (``Index(regex, vocabulary)``) is expensive and runs in the GrammarCache's
+worker threads (the Rust build releases the GIL).  The compiled ``CompiledIndex`` is
+immutable and shared by every request with the same spec; each request gets a cheap
+``OutlinesGrammar`` holding an int state and a rollback stack.
+
+The per-token cost is the mask: ``Index.get_allowed_tokens`` is tens of microseconds and
+grows with the vocabulary, so each state's packed bitmask row is built once, on first visit,
+and cached on the shared ``CompiledIndex``; afterwards ``fill_vocab_mask`` is a row copy.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any
+
+import numpy as np
+import outlines_core
+import torch
+
+from sglite_runtime.constrained.base import MASK_BITS, BaseGrammar, BaseGrammarBackend, GrammarKey
+from sglite_runtime.constrained.specs import (
+    DEFAULT_JSON_OBJECT_DEPTH,
+    DEFAULT_WHITESPACE,
+    schema_from_pydantic,
+    spec_to_regex,
+    validate_spec,
+)
+from sglite_runtime.constrained.vocabulary import build_vocabulary, resolve_eos_token_ids
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CompiledIndex", "OutlinesGrammar", "OutlinesGrammarBackend", "schema_from_pydantic", "validate_spec"]
+
+#: State value after a stop token was accepted (outlines state ids are non-negative).
+TERMINATED = -1
+DEFAULT_MAX_ROLLBACK = 200
+
+
+def num_mask_words(vocab_size: int) -> int:
+    return (vocab_size + MASK_BITS - 1) // MASK_BITS
+
+
+def pack_token_ids(token_ids: list[int] | np.ndarray, vocab_size: int) -> torch.Tensor:
+    """int32 bitmask row ``[ceil(V/32)]`` with the bits of ``token_ids`` (< V) set."""
+    words = num_mask_words(vocab_size)
+    bits = np.zeros(words * MASK_BITS, dtype=np.uint8)
+    ids = np.asarray(token_ids, dtype=np.int64)
+    bits[ids[(ids >= 0) & (ids < vocab_size)]] = 1
+    # Little bit order: bit j of byte k is token 8k+j; 4 little-endian bytes form one word.
+    packed = np.packbits(bits, bitorder="little").view("<i4")
+    return torch.from_numpy(packed.astype(np.int32, copy=True))
+
+
+class CompiledIndex:
+    """An outlines Index plus per-state caches (mask rows, stop-only flags, jump-forward).
+
+    Shared across requests; caches are filled from the scheduler thread only, and a dict
+    assignment is atomic under the GIL, so no lock is needed."""
+
+    def __init__(self, key: GrammarKey, regex: str, index: outlines_core.Index, backend: "OutlinesGrammarBackend"):
+        self.key = key
+        self.regex = regex
+        self.index = index
+        self.vocab_size = backend.vocab_size
+        self.stop_ids = backend.stop_ids
+        self.token_bytes = backend.token_bytes
+        self.single_byte_token = backend.single_byte_token
+        self.bytes_to_token = backend.bytes_to_token
+        self.max_token_bytes = backend.max_token_bytes
+        self.initial_state: int = index.get_initial_state()
+        self._stop_set = frozenset(self.stop_ids)
+        self._rows: dict[int, torch.Tensor] = {}
+        self._allowed: dict[int, tuple[int, ...]] = {}
+        self._only_stop: dict[int, bool] = {}
+        self.stop_row = pack_token_ids(self.stop_ids, self.vocab_size)
+        #: state -> (forced byte, state after it) or None; filled by jump_forward.py.
+        self.forced_step: dict[int, tuple[int, int] | None] = {}
+
+    def allowed(self, state: int) -> tuple[int, ...]:
+        """Allowed token ids at ``state``: the Index's, with every stop id when accepting."""
+        got = self._allowed.get(state)
+        if got is None:
+            ids = [t for t in self.index.get_allowed_tokens(state) if t not in self._stop_set]
+            if self.index.is_final_state(state):
+                ids.extend(self.stop_ids)
+            if not ids:
+                # A live state with no way out would give an all -inf row (NaN softmax);
+                # ending the request is the only safe choice.
+                logger.warning("grammar %s: state %d has no allowed token; allowing stop", self.key[0], state)
+                ids = list(self.stop_ids)
+            got = tuple(ids)
+            self._allowed[state] = got
+        return got
+
+    def row(self, state: int) -> torch.Tensor:
+        """Cached packed bitmask row of ``state``."""
+        row = self._rows.get(state)
+        if row is None:
+            row = pack_token_ids(list(self.allowed(state)), self.vocab_size)
+            self._rows[state] = row
+        return row
+
+    def only_stop(self, state: int) -> bool:
+        """True when ``state`` accepts and only a stop token may follow."""
+        flag = self._only_stop.get(state)
+        if flag is None:
+            flag = self.index.is_final_state(state) and all(t in self._stop_set for t in self.allowed(state))
+            self._only_stop[state] = flag
+        return flag
+
+    def is_stop(self, token_id: int) -> bool:
+        return token_id in self._stop_set
+
+    def next_state(self, state: int, token_id: int) -> int | None:
+        """State after ``token_id``, TERMINATED for an accepted stop, None if illegal."""
+        if token_id in self._stop_set:
+            return TERMINATED if self.index.is_final_state(state) else None
+        return self.index.get_next_state(state, token_id)
+
+
+class OutlinesGrammar(BaseGrammar):
+    """One request's position in a CompiledIndex."""
+
+    __slots__ = ("compiled", "state", "_history")
+
+    def __init__(self, compiled: CompiledIndex, state: int | None = None, max_rollback: int = DEFAULT_MAX_ROLLBACK):
+        self.compiled = compiled
+        self.state = compiled.initial_state if state is None else state
+        self._history: collections.deque[int] = collections.deque(maxlen=max_rollback)
+
+    def accept_token(self, token_id: int) -> bool:
+        if self.state == TERMINATED:
+            return False
+        nxt = self.compiled.next_state(self.state, int(token_id))
+        if nxt is None:
+            return False
+        self._history.append(self.state)
+        self.state = nxt
+        return True
+
+    def accept_tokens(self, token_ids: list[int]) -> int:
+        """Accept tokens in order; returns how many were accepted before the first illegal one."""
+        for n, tid in enumerate(token_ids):
+            if not self.accept_token(tid):
+                return n
+        return len(token_ids)
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens > len(self._history):
+            raise ValueError(f"cannot roll back {num_tokens} tokens; only {len(self._history)} kept")
+        for _ in range(num_tokens):
+            self.state = self._history.pop()
+
+    def fill_vocab_mask(self, vocab_mask: torch.Tensor, idx: int) -> None:
+        if self.state == TERMINATED:
+            vocab_mask[idx].copy_(self.compiled.stop_row)
+        else:
+            vocab_mask[idx].copy_(self.compiled.row(self.state))
+
+    def allowed_token_ids(self) -> list[int]:
+        if self.state == TERMINATED:
+            return []
+        return list(self.compiled.allowed(self.state))
+
+    def is_terminated(self) -> bool:
+        return self.state == TERMINATED or self.compiled.only_stop(self.state)
+
+    def is_accepting(self) -> bool:
+        """True when the text so far is a complete match (a stop token is allowed)."""
+        return self.state == TERMINATED or self.compiled.index.is_final_state(self.state)
+
+    def copy(self) -> "OutlinesGrammar":
+        dup = OutlinesGrammar(self.compiled, self.state, self._history.maxlen or DEFAULT_MAX_ROLLBACK)
+        dup._history.extend(self._history)
+        return dup
+
+    def jump_forward_str(self) -> tuple[bytes, int] | None:
+        """Forced bytes from here and the state after them (see jump_forward.py)."""
+        from sglite_runtime.constrained.jump_forward import jump_forward_str
+
+        return jump_forward_str(self)
+
+    def try_jump_forward(self, tokenizer: Any) -> list[int] | None:
+        """Token ids spelling the forced continuation; the state is NOT advanced."""
+        from sglite_runtime.constrained.jump_forward import jump_forward_tokens
+
+        return jump_forward_tokens(self, tokenizer) or None
+
+
+class OutlinesGrammarBackend(BaseGrammarBackend):
+    """Compiles ``(kind, spec)`` keys against one tokenizer's vocabulary.
+
+    ``vocab_size`` is the model's (possibly padded) logits width; ids the tokenizer does
+    not know are never allowed.  ``eos_token_ids``: the stop ids allowed in accepting states
+    (default: the tokenizer's EOS)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        vocab_size: int | None = None,
+        whitespace_pattern: str = DEFAULT_WHITESPACE,
+        eos_token_ids: int | list[int] | None = None,
+        json_object_depth: int = DEFAULT_JSON_OBJECT_DEPTH,
+        max_rollback: int = DEFAULT_MAX_ROLLBACK,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.stop_ids: list[int] = resolve_eos_token_ids(tokenizer, eos_token_ids)
+        self.vocabulary, self.token_bytes = build_vocabulary(tokenizer, self.stop_ids)
+        self.vocab_size = vocab_size if vocab_size is not None else len(self.token_bytes)
+        if self.vocab_size < len(self.token_bytes):
+            logger.warning("vocab_size %d < tokenizer size %d", self.vocab_size, len(self.token_bytes))
+        self.whitespace_pattern = whitespace_pattern
+        self.json_object_depth = json_object_depth
+        self.max_rollback = max_rollback
+        # Byte value -> a token id spelling exactly that byte (jump-forward walks bytes).
+        # Exact bytes -> token id (for spelling a forced string with vocabulary tokens).
+        self.single_byte_token: dict[int, int] = {}
+        self.bytes_to_token: dict[bytes, int] = {}
+        for tid, data in enumerate(self.token_bytes):
+            if data is not None and tid < self.vocab_size:
+                self.bytes_to_token.setdefault(data, tid)
+                if len(data) == 1:
+                    self.single_byte_token.setdefault(data[0], tid)
+        self.max_token_bytes = max((len(b) for b in self.bytes_to_token), default=1)
+
+    # -- compilation ------------------------------------------------------------------
+    def to_regex(self, kind: str, spec: Any) -> str:
+        return spec_to_regex(kind, spec, self.whitespace_pattern, self.json_object_depth)
+
+    def validate(self, kind: str, spec: Any) -> None:
+        """Cheap pre-check for the HTTP layer; raises ValueError with the reason."""
+        validate_spec(kind, spec, self.whitespace_pattern)
+
+    def compile(self, key: GrammarKey) -> CompiledIndex:
+        kind, spec = key
+        regex = self.to_regex(kind, spec)
+        try:
+            index = outlines_core.Index(regex, self.vocabulary)
+        except Exception as exc:  # outlines raises ValueError for syntax and vocabulary gaps
+            raise ValueError(f"cannot compile {kind} constraint: {str(exc).splitlines()[0]}") from None
+        return CompiledIndex(key, regex, index, self)
+
+    def new_grammar(self, compiled: CompiledIndex) -> OutlinesGrammar:
+        return OutlinesGrammar(compiled, max_rollback=self.max_rollback)
+
+    # -- batch masks ------------------------------------------------------------------
+    @staticmethod
+    def allocate_vocab_mask(vocab_size: int, batch_size: int, device: Any = "cpu") -> torch.Tensor:
+        # All ones (-1): rows of unconstrained requests stay a no-op under apply_vocab_mask.
+        return torch.full((batch_size, num_mask_words(vocab_size)), -1, dtype=torch.int32, device=device)
+
+    @staticmethod
+    def reset_vocab_mask_row(vocab_mask: torch.Tensor, idx: int) -> None:
+        """Mark row ``idx`` unconstrained (every token allowed)."""
+        vocab_mask[idx].fill_(-1)
+
+    @staticmethod
+    def move_vocab_mask(vocab_mask: torch.Tensor, device: Any) -> torch.Tensor:
+        return vocab_mask.to(device, non_blocking=True)
+
+    @staticmethod
+    def apply_vocab_mask(logits: torch.Tensor, vocab_mask: torch.Tensor) -> None:
+        """``logits[i, t] = -inf`` where bit t of row i is 0; one vectorized op per batch.
+
+        Columns past the mask's width (a mask narrower than the logits) are disallowed."""
+        if vocab_mask.device != logits.device:
+            vocab_mask = vocab_mask.to(logits.device, non_blocking=True)
+        vocab = logits.shape[-1]
+        shifts = torch.arange(MASK_BITS, device=logits.device, dtype=torch.int32)
+        allowed = ((vocab_mask.unsqueeze(-1) >> shifts) & 1).bool().view(vocab_mask.shape[0], -1)
+        covered = min(vocab, allowed.shape[1])
+        if covered < vocab:
+            logits[:, covered:] = float("-inf")
+        logits[:, :covered].masked_fill_(~allowed[:, :covered], float("-inf"))
