@@ -58,14 +58,16 @@ def tree_nodes(cache: RadixCache) -> list[TreeNode]:
     return out
 
 
-def tree_map(cache: RadixCache) -> dict[tuple[int, ...], int]:
-    """prefix (as a tuple) → slot of its last token, for every token the tree holds."""
-    out: dict[tuple[int, ...], int] = {}
+def tree_map(cache: RadixCache) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """Page-aligned prefix (a tuple) → slots of its last page, for every page the tree holds."""
+    ps = cache.page_size
+    out: dict[tuple[int, ...], tuple[int, ...]] = {}
     stack: list[tuple[TreeNode, tuple[int, ...]]] = [(cache.root_node, ())]
     while stack:
         node, path = stack.pop()
-        for i, tok in enumerate(node.key):
-            out[path + tuple(node.key[: i + 1])] = int(node.value[i])
+        vals = node.value.tolist()
+        for i in range(0, len(node.key), ps):
+            out[path + tuple(node.key[: i + ps])] = tuple(vals[i : i + ps])
         stack.extend((c, path + tuple(node.key)) for c in node.children.values())
     return out
 
@@ -117,6 +119,7 @@ def test_insert_match_split():
     assert idx.numel() == 0 and idx.dtype == torch.int64 and node is cache.root_node
     assert cache.match_prefix([])[1] is cache.root_node
     assert cache.total_size() == 4 and cache.evictable_size() == 4
+    cache.pretty_print()  # logs at debug level; must not raise
 
 
 def test_insert_returns_present_length_without_split():
@@ -321,3 +324,334 @@ def test_disabled_cache(ps):
         assert cache.evictable_size() == 0 and cache.evict(10) == 0
         cache.cache_finished_req(req)
         assert alloc.available_size() == size and r2t.available_size() == r2t.size
+
+
+# ---- stateful property test of the tree -------------------------------------------------------
+def blocks_for(ps: int) -> list[list[int]]:
+    """Page-sized token blocks; blocks 0 and 2 share a first half, so keys diverge mid-page."""
+    return [[0] * ps, [1] * ps, [0] * (ps // 2) + [2] * (ps - ps // 2), [3] * ps]
+
+
+class TreeMachine(RuleBasedStateMachine):
+    """Random insert / match / lock / unlock / evict against a reference map.
+
+    ``ref`` maps every cached page-aligned prefix (a tuple) to the slots of its last page
+    (per page, not per token: two keys sharing half a page share no slot). It is exact:
+    rules that add tokens extend it, and evict prunes it to what survived after checking that
+    the tree never invented or moved a slot.
+    """
+
+    page_size = 1
+    num_pages = 24
+
+    def __init__(self):
+        super().__init__()
+        ps = self.page_size
+        self.r2t, self.alloc, self.cache = make(self.num_pages * ps, ps)
+        self.blocks = blocks_for(ps)
+        self.ref: dict[tuple[int, ...], int] = {}
+        self.locks: list[tuple[TreeNode, tuple[int, ...]]] = []
+
+    keys = st.tuples(st.lists(st.integers(0, 3), max_size=4), st.integers(0, 15))
+
+    def to_key(self, spec) -> list[int]:
+        blocks, tail = spec
+        key = [t for b in blocks for t in self.blocks[b]]
+        return key + [4] * (tail % self.page_size)
+
+    def longest_ref(self, key: list[int]) -> int:
+        n = len(key) - len(key) % self.page_size
+        while n and tuple(key[:n]) not in self.ref:
+            n -= self.page_size
+        return n
+
+    def alloc_with_evict(self, n: int) -> torch.Tensor | None:
+        out = self.alloc.alloc(n)
+        if out is None:
+            self.cache.evict(n - self.alloc.available_size())
+            self.sync_after_evict()
+            out = self.alloc.alloc(n)
+        return out
+
+    def sync_after_evict(self) -> None:
+        ps = self.page_size
+        now = tree_map(self.cache)
+        assert all(self.ref[k] == v for k, v in now.items())
+        for node, path in self.locks:  # locked paths survive eviction intact
+            assert all(tuple(path[:i]) in now for i in range(ps, len(path) + 1, ps))
+            assert node is self.cache.root_node or node.parent is not None
+        self.ref = now
+
+    @rule(spec=keys, fresh=st.booleans())
+    def insert(self, spec, fresh):
+        key = self.to_key(spec)
+        n = len(key) - len(key) % self.page_size
+        if fresh:
+            # Compute everything, then insert: the present part comes back as duplicates.
+            value = self.alloc_with_evict(n)
+            if value is None:
+                return
+            present = self.cache.insert(key, value)
+            assert present == self.longest_ref(key)
+            self.alloc.free(value[:present])
+        else:
+            idx, node = self.cache.match_prefix(key)
+            self.cache.inc_lock_ref(node)  # keep the prefix alive while allocating
+            new = self.alloc_with_evict(n - len(idx))
+            if new is not None:
+                value = torch.cat((idx, new))
+                present = self.cache.insert(key, value)
+                assert present == len(idx)
+            self.cache.dec_lock_ref(node)
+            if new is None:
+                return
+        vals = value.tolist()
+        for i in range(present, n, self.page_size):
+            self.ref[tuple(key[: i + self.page_size])] = tuple(vals[i : i + self.page_size])
+
+    @rule(spec=keys)
+    def match(self, spec):
+        key = self.to_key(spec)
+        idx, node = self.cache.match_prefix(key)
+        assert idx.numel() == self.longest_ref(key)
+        ps = self.page_size
+        assert idx.tolist() == [s for i in range(ps, idx.numel() + 1, ps) for s in self.ref[tuple(key[:i])]]
+        if idx.numel() == 0:
+            assert node is self.cache.root_node
+        else:
+            assert int(node.value[-1]) == int(idx[-1])
+
+    @rule(spec=keys)
+    def lock(self, spec):
+        key = self.to_key(spec)
+        idx, node = self.cache.match_prefix(key)
+        before = self.cache.evictable_size()
+        delta = self.cache.inc_lock_ref(node)
+        assert self.cache.evictable_size() == before + delta
+        self.locks.append((node, tuple(key[: idx.numel()])))
+
+    @precondition(lambda self: self.locks)
+    @rule(i=st.integers(0, 100))
+    def unlock(self, i):
+        node, _ = self.locks.pop(i % len(self.locks))
+        self.cache.dec_lock_ref(node)
+
+    @rule(n=st.integers(0, 80))
+    def evict(self, n):
+        before = self.cache.evictable_size()
+        freed = self.cache.evict(n)
+        assert freed >= min(n, before)  # every unlocked token is reachable by leaf eviction
+        assert self.cache.evictable_size() == before - freed
+        self.sync_after_evict()
+
+    @invariant()
+    def consistent(self):
+        check_structure(self.cache)
+        check_ownership(self.cache, self.alloc)
+        assert self.alloc.available_size() + self.cache.total_size() == self.alloc.size
+        assert tree_map(self.cache) == self.ref
+        # lock_ref of each node == number of held locks whose path passes through it.
+        expected: dict[int, int] = {}
+        for node, _ in self.locks:
+            while node is not self.cache.root_node:
+                expected[node.id] = expected.get(node.id, 0) + 1
+                node = node.parent
+        for node in tree_nodes(self.cache):
+            if node is not self.cache.root_node:
+                assert node.lock_ref == expected.get(node.id, 0)
+
+    def teardown(self):
+        for node, _ in self.locks:
+            self.cache.dec_lock_ref(node)
+        self.cache.evict(10**9)
+        assert self.alloc.available_size() == self.alloc.size and self.cache.total_size() == 0
+
+
+class TreeMachinePaged(TreeMachine):
+    page_size = 16
+    num_pages = 10
+
+
+_machine_settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
+                             suppress_health_check=[HealthCheck.too_slow])
+TestTreeMachine = TreeMachine.TestCase
+TestTreeMachine.settings = _machine_settings
+TestTreeMachinePaged = TreeMachinePaged.TestCase
+TestTreeMachinePaged.settings = _machine_settings
+
+
+# ---- request lifecycle property test ----------------------------------------------------------
+class Sim:
+    """A minimal scheduler: admit (match + lock), chunked prefill, decode, finish.
+
+    ``content[slot]`` records which token prefix a slot's KV was computed for, so any slot the
+    cache hands out for a prefix is checked to really hold that prefix's KV.
+    """
+
+    MAX_ACTIVE = 3
+
+    def __init__(self, ps: int, max_len: int):
+        pages_per_req = -(-max_len // ps) + 1
+        self.ps = ps
+        self.r2t, self.alloc, self.cache = make(self.MAX_ACTIVE * pages_per_req * ps, ps, ctx=max_len + ps)
+        self.content: dict[int, tuple[int, ...]] = {}
+        self.computed: dict[int, int] = {}  # id(req) -> tokens with KV
+
+    def extend(self, req: FakeReq, start: int, end: int, tokens: list[int]) -> None:
+        row = self.r2t.req_to_token[req.req_pool_idx]
+        last = [int(row[start - 1]) if start else -1]
+        slots = self.alloc.alloc_extend([start], [end], last)
+        if slots is None:
+            pages = -(-end // self.ps) - (-(-start // self.ps))
+            self.cache.evict(pages * self.ps - self.alloc.available_size())
+            slots = self.alloc.alloc_extend([start], [end], last)
+        assert slots is not None, "pool sized for MAX_ACTIVE requests must never run dry"
+        row[start:end] = slots.to(torch.int32)
+        for p, s in zip(range(start, end), slots.tolist()):
+            self.content[s] = tuple(tokens[: p + 1])
+        self.computed[id(req)] = end
+
+    def check_prefix(self, tokens: list[int], idx: torch.Tensor) -> None:
+        for p, s in enumerate(idx.tolist()):
+            assert self.content[s] == tuple(tokens[: p + 1]), "cache returned a slot with foreign KV"
+
+    def admit(self, req: FakeReq) -> None:
+        req.req_pool_idx = self.r2t.alloc(1)[0]
+        ids = req.origin_input_ids
+        idx, node = self.cache.match_prefix(ids[:-1])  # leave at least one token to compute
+        self.check_prefix(ids, idx)
+        self.cache.inc_lock_ref(node)
+        req.prefix_indices, req.last_node = idx, node
+        self.r2t.req_to_token[req.req_pool_idx, : len(idx)] = idx.to(torch.int32)
+        self.computed[id(req)] = len(idx)
+
+    def prefill(self, req: FakeReq, chunk: int, n_out: int, rng: random.Random) -> bool:
+        ids = req.origin_input_ids
+        start = len(req.prefix_indices)
+        end = min(len(ids), start + chunk)
+        self.extend(req, start, end, ids)
+        req.fill_ids = ids[:end]
+        if end < len(ids):
+            self.cache.cache_unfinished_req(req)  # a non-final chunk: its sample is discarded
+            assert len(req.prefix_indices) == end
+            self.check_prefix(ids, req.prefix_indices)
+            return False
+        req.output_ids.append(rng.randrange(3))
+        if len(req.output_ids) >= n_out:
+            self.cache.cache_finished_req(req)
+            return True
+        self.cache.cache_unfinished_req(req)
+        self.check_prefix(ids, req.prefix_indices)
+        return False
+
+    def decode(self, req: FakeReq, n_out: int, rng: random.Random) -> bool:
+        tokens = req.origin_input_ids + req.output_ids
+        p = len(tokens) - 1  # the last sampled token gets its KV now
+        self.extend(req, p, p + 1, tokens)
+        req.output_ids.append(rng.randrange(3))
+        if len(req.output_ids) >= n_out:
+            self.cache.cache_finished_req(req)
+            return True
+        return False
+
+    def check(self, active: list[FakeReq]) -> None:
+        own = []
+        tree_pages = set((self.cache.all_values_flatten() // self.ps).tolist())
+        for r in active:
+            row = self.r2t.req_to_token[r.req_pool_idx].long()
+            n, lo = self.computed[id(r)], len(r.prefix_indices) - len(r.prefix_indices) % self.ps
+            # The row holds the KV of every computed token; its protected part is the tree's.
+            self.check_prefix(r.origin_input_ids + r.output_ids, row[:n])
+            assert torch.equal(row[: len(r.prefix_indices)], r.prefix_indices)
+            assert set((row[:lo] // self.ps).tolist()) <= tree_pages
+            own.append(row[lo:n])
+        check_structure(self.cache)
+        check_ownership(self.cache, self.alloc, own)
+        # Every slot the tree holds carries the KV of exactly its path.
+        for prefix, slots in tree_map(self.cache).items():
+            for j, s in enumerate(slots):
+                assert self.content[s] == prefix[: len(prefix) - len(slots) + j + 1]
+
+
+req_specs = st.lists(
+    st.tuples(
+        st.integers(0, 4),  # which shared base prefix; 3, 4: the same prompt as the last request
+        st.lists(st.integers(0, 2), min_size=1, max_size=20),  # own suffix
+        st.integers(1, 5),  # output tokens
+        st.integers(1, 24),  # chunk size
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@pytest.mark.parametrize("ps", PAGE_SIZES)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs=req_specs, seed=st.integers(0, 2**16))
+def test_request_lifecycle_no_leaks(ps, specs, seed):
+    rng = random.Random(seed)
+    bases = [[5] * 18, [5] * 9 + [6] * 9, [7] * 3]
+    reqs: list[tuple[FakeReq, int, int]] = []
+    for b, suf, n_out, chunk in specs:
+        ids = list(reqs[-1][0].origin_input_ids) if b > 2 and reqs else bases[b % 3] + suf
+        reqs.append((FakeReq(ids), n_out, chunk))
+    max_len = max(len(r.origin_input_ids) + n for r, n, _ in reqs)
+    sim = Sim(ps, max_len)
+    waiting, active, state = list(reqs), [], {}
+    while waiting or active:
+        if waiting and len(active) < Sim.MAX_ACTIVE and (not active or rng.random() < 0.5):
+            req, n_out, chunk = waiting.pop(0)
+            sim.admit(req)
+            active.append((req, n_out, chunk))
+            state[id(req)] = "prefill"
+        else:
+            i = rng.randrange(len(active))
+            req, n_out, chunk = active[i]
+            if state[id(req)] == "prefill":
+                done = sim.prefill(req, chunk, n_out, rng)
+                if not done and len(req.fill_ids) == len(req.origin_input_ids):
+                    state[id(req)] = "decode"
+            else:
+                done = sim.decode(req, n_out, rng)
+            if done:
+                active.pop(i)
+        sim.check([r for r, _, _ in active])
+    cache, alloc = sim.cache, sim.alloc
+    assert cache.protected_size() == 0 and sim.r2t.available_size() == sim.r2t.size
+    assert alloc.available_size() + cache.total_size() == alloc.size
+    cache.evict(cache.total_size())
+    assert alloc.available_size() == alloc.size and cache.total_size() == 0
+
+
+@pytest.mark.parametrize("ps", PAGE_SIZES)
+def test_chunked_requests_race_on_the_same_prompt(ps):
+    """A holds an unaligned tail when B inserts the page containing it; A's next
+    cache_unfinished_req must free its copy of that page and re-point its row at the tree."""
+    rng = random.Random(0)
+    al = lambda n: n - n % ps  # noqa: E731
+    prompt = [9] * 51
+    sim = Sim(ps, len(prompt) + 4)
+    a, b = FakeReq(list(prompt)), FakeReq(list(prompt))
+    sim.admit(a)
+    assert not sim.prefill(a, 21, 2, rng)  # A computes [0, 21): with ps 16, a 5-token tail
+    sim.admit(b)
+    assert len(b.prefix_indices) == al(21)
+    assert not sim.prefill(b, 40 - al(21), 2, rng)  # B computes up to 40 and caches al(40)
+    sim.check([a, b])
+    row_a = sim.r2t.req_to_token[a.req_pool_idx]
+    a_tail_slot = int(row_a[20])
+    assert not sim.prefill(a, 24, 2, rng)  # A computes [21, 45): duplicates of B's [al(21), al(40))
+    assert sim.cache.total_size() == al(45)
+    sim.check([a, b])
+    tree_idx, _ = sim.cache.match_prefix(prompt[: al(45)])
+    assert torch.equal(row_a[: al(45)].long(), tree_idx)
+    if ps > 1:  # A's copy of the page that held its tail went back to the allocator
+        assert a_tail_slot // ps in set(sim.alloc.free_pages.tolist())
+    for r in (a, b):
+        done = False
+        while not done:
+            done = sim.prefill(r, 64, 2, rng) if len(r.fill_ids) < len(prompt) else sim.decode(r, 2, rng)
+    sim.check([])
+    assert sim.cache.protected_size() == 0
+    sim.cache.evict(10**9)
+    assert sim.alloc.available_size() == sim.alloc.size
