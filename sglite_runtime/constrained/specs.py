@@ -16,6 +16,7 @@ from typing import Any
 from outlines_core.json_schema import build_regex_from_schema
 
 from sglite_runtime.constrained.base import GRAMMAR_KINDS, MAX_SPEC_CHARS
+from sglite_runtime.constrained.numeric_ranges import rewrite_bounded_numbers, substitute_placeholders
 
 #: Default JSON whitespace: at most one space between tokens.  Bounded, so a model cannot
 #: loop on whitespace forever, and it matches ``json.dumps`` output.
@@ -159,11 +160,12 @@ def spec_to_regex(
     if kind == "json_object":
         return json_object_regex(json_object_depth, whitespace)
     if kind == "json":
-        schema = parse_schema(spec)
+        schema, ranges = rewrite_bounded_numbers(parse_schema(spec))
         try:
-            return build_regex_from_schema(json.dumps(schema), whitespace)
+            regex = build_regex_from_schema(json.dumps(schema), whitespace)
         except Exception as exc:  # outlines raises ValueError/TypeError/others for unsupported parts
             raise ValueError(f"unsupported JSON schema: {str(exc).splitlines()[0]}") from None
+        return substitute_placeholders(regex, ranges)
     raise ValueError(f"unknown constraint kind {kind!r}; expected one of {GRAMMAR_KINDS}")
 
 
