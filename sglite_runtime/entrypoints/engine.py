@@ -147,6 +147,10 @@ class Engine:
         if procs is None:
             return
         procs.shutdown()
+        try:
+            self._run(self.tokenizer_manager.close())
+        except Exception:  # the loop may already be gone at interpreter exit
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
 

@@ -120,6 +120,18 @@ class TokenizerManager:
             self._control_lock = asyncio.Lock()
             self._loop_task = asyncio.get_running_loop().create_task(self.handle_loop())
 
+    async def close(self) -> None:
+        """Stop the receive loop and close the sockets."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._loop_task = None
+        self.send_to_scheduler.close(linger=0)
+        self.recv_from_detok.close(linger=0)
+
     async def handle_loop(self) -> None:
         while True:
             msg = decode(await self.recv_from_detok.recv())
