@@ -58,32 +58,56 @@ def _wait_ready(name: str, proc: Any, reader: Any, others: list[Any]) -> dict:
             return msg
         if not proc.is_alive():
             raise RuntimeError(f"{name} process exited with code {proc.exitcode} during startup")
+        dead = [o for o in others if o is not proc and not o.is_alive()]
+        if dead:  # e.g. a TP peer: this one would otherwise wait in its rendezvous until timeout
+            raise RuntimeError(f"{dead[0].name} exited with code {dead[0].exitcode} during startup")
     raise RuntimeError(f"{name} did not become ready within {STARTUP_TIMEOUT:.0f} s")
 
 
 def launch_subprocesses(server_args: ServerArgs) -> RuntimeProcesses:
-    """Spawn the scheduler and detokenizer; return once both are ready (or raise)."""
+    """Spawn the scheduler(s) and detokenizer; return once all are ready (or raise).
+
+    With ``tp_size > 1`` this node's TP ranks each get a scheduler process (rank 0 owns the
+    sockets, see ``distributed/tp_worker.py``); all of them are in ``procs`` so a watchdog sees
+    any dead rank. Nodes with ``node_rank > 0`` run only their ranks: ``ready`` is then None.
+    """
     from sglite_runtime.managers.detokenizer_manager import run_detokenizer_process
     from sglite_runtime.managers.scheduler import run_scheduler_process
 
     port_args = PortArgs.new()
     ctx = mp.get_context("spawn")
-    procs, readers = [], []
-    for name, target in (("scheduler", run_scheduler_process), ("detokenizer", run_detokenizer_process)):
+    procs, readers, names = [], [], []
+
+    def spawn(name: str, target: Any, *extra: Any) -> None:
         reader, writer = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=target, args=(server_args, port_args, writer), name=f"sglite-{name}", daemon=True)
+        p = ctx.Process(target=target, args=(server_args, port_args, writer, *extra), name=f"sglite-{name}",
+                        daemon=True)
         p.start()
         procs.append(p)
         readers.append(reader)
+        names.append(name)
+
+    if server_args.tp_size > 1 or server_args.nnodes > 1:
+        from sglite_runtime.distributed.tp_worker import (local_tp_ranks, resolve_dist_init_addr,
+                                                          run_tp_scheduler_process)
+
+        addr = resolve_dist_init_addr(server_args)
+        for rank in local_tp_ranks(server_args):
+            spawn(f"scheduler-tp{rank}", run_tp_scheduler_process, rank, addr)
+    else:
+        spawn("scheduler", run_scheduler_process)
+    if server_args.node_rank == 0:
+        spawn("detokenizer", run_detokenizer_process)
     try:
-        sched_msg = _wait_ready("scheduler", procs[0], readers[0], procs)
-        _wait_ready("detokenizer", procs[1], readers[1], procs)
+        msgs = [_wait_ready(n, p, r, procs) for n, p, r in zip(names, procs, readers)]
     except BaseException:
         RuntimeProcesses(port_args, procs, None).shutdown()  # type: ignore[arg-type]
         raise
-    ready = decode(sched_msg["info"])
-    logger.info("runtime ready: %d KV tokens, max %d running requests, context %d",
-                ready.max_total_num_tokens, ready.max_running_requests, ready.context_len)
+    if server_args.node_rank != 0:
+        return RuntimeProcesses(port_args, procs, None)  # type: ignore[arg-type]
+    ready = decode(msgs[0]["info"])
+    logger.info("runtime ready: %d KV tokens, max %d running requests, context %d, tp %d",
+                ready.max_total_num_tokens, ready.max_running_requests, ready.context_len, server_args.tp_size)
     return RuntimeProcesses(port_args, procs, ready)
 
 

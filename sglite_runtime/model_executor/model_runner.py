@@ -54,7 +54,8 @@ class ModelRunner:
         self.num_layers = cfg.num_hidden_layers
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.head_dim = head_dim
-        self.num_kv_heads = self._local_kv_heads()
+        # The attention layers' own per-rank count (kv_heads / tp, or 1 replicated head when kv_heads < tp).
+        self.num_kv_heads = getattr(self.model, "num_kv_heads", None) or self._local_kv_heads()
         self.page_size = server_args.page_size
         self._init_memory_pool()
         self.attn_backend = self._create_attn_backend()
@@ -82,6 +83,7 @@ class ModelRunner:
             budget = CPU_DEFAULT_KV_BYTES if args.mem_fraction_static is None else int(
                 args.mem_fraction_static * _physical_memory())
             total = min(budget // per_token, CPU_DEFAULT_MAX_TOKENS)
+        total = _min_over_tp(total, self.device)
         total -= total % self.page_size
         if total < self.page_size * 2:
             raise ValueError(f"KV pool too small: {total} tokens; raise --max-total-tokens or --mem-fraction-static")
@@ -124,3 +126,16 @@ def _physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return 8 << 30
+
+
+def _min_over_tp(total: int, device: str) -> int:
+    """The smallest pool size over the TP ranks: ranks must agree or their schedulers diverge."""
+    from sglite_runtime.distributed.parallel_state import get_tp_group, get_tp_size
+
+    if get_tp_size() == 1:
+        return total
+    import torch.distributed as dist
+
+    t = torch.tensor([total], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=get_tp_group())
+    return int(t.item())
