@@ -1,0 +1,76 @@
+"""Batch masks: row fill, one vectorized apply, padded vocabulary, mixed batches."""
+
+from __future__ import annotations
+
+import torch
+
+from sglite_runtime.constrained.outlines_backend import OutlinesGrammarBackend, pack_token_ids
+
+
+def _allowed_from_mask(row: torch.Tensor, vocab: int) -> set[int]:
+    return {t for t in range(vocab) if (int(row[t // 32]) >> (t % 32)) & 1}
+
+
+def test_pack_roundtrip():
+    ids = [0, 1, 31, 32, 63, 64, 799, 831]
+    row = pack_token_ids(ids, 832)
+    assert row.dtype == torch.int32 and row.shape == (26,)
+    assert _allowed_from_mask(row, 832) == set(ids)
+    assert pack_token_ids([5, 900], 832).count_nonzero() == 1  # out-of-range ids dropped
+
+
+def test_fill_matches_allowed_and_padding_disallowed(backend):
+    grammar = backend.new_grammar(backend.compile(("regex", "[0-9]+(abc)?")))
+    mask = backend.allocate_vocab_mask(backend.vocab_size, 1, "cpu")
+    grammar.fill_vocab_mask(mask, 0)
+    assert _allowed_from_mask(mask[0], backend.vocab_size) == set(grammar.allowed_token_ids())
+    assert all(t < 800 for t in grammar.allowed_token_ids())
+    # Accepting states allow EOS.
+    digit = next(t for t in grammar.allowed_token_ids() if backend.token_bytes[t] == b"7")
+    grammar.accept_token(digit)
+    assert 0 in grammar.allowed_token_ids() and grammar.is_accepting()
+
+
+def test_apply_mixed_batch(backend):
+    vocab = backend.vocab_size
+    g1 = backend.new_grammar(backend.compile(("regex", "(yes|no)")))
+    g2 = backend.new_grammar(backend.compile(("regex", "[0-9]+")))
+    mask = backend.allocate_vocab_mask(vocab, 4, "cpu")
+    g1.fill_vocab_mask(mask, 0)
+    g2.fill_vocab_mask(mask, 2)  # rows 1 and 3 unconstrained
+    torch.manual_seed(0)
+    logits = torch.randn(4, vocab)
+    original = logits.clone()
+    OutlinesGrammarBackend.apply_vocab_mask(logits, mask)
+    assert torch.equal(logits[1], original[1]) and torch.equal(logits[3], original[3])
+    for row, grammar in ((0, g1), (2, g2)):
+        finite = set(torch.isfinite(logits[row]).nonzero().flatten().tolist())
+        assert finite == set(grammar.allowed_token_ids())
+        assert torch.equal(logits[row][sorted(finite)], original[row][sorted(finite)])
+    # The masked argmax is always a legal token.
+    for row, grammar in ((0, g1), (2, g2)):
+        assert grammar.accept_token(int(logits[row].argmax()))
+
+
+def test_apply_narrow_mask_disallows_tail(backend):
+    mask = OutlinesGrammarBackend.allocate_vocab_mask(64, 2, "cpu")
+    logits = torch.zeros(2, 80)
+    OutlinesGrammarBackend.apply_vocab_mask(logits, mask)
+    assert torch.isinf(logits[:, 64:]).all() and torch.isfinite(logits[:, :64]).all()
+    OutlinesGrammarBackend.reset_vocab_mask_row(mask, 0)
+    assert (mask[0] == -1).all()
+
+
+def test_rollback_and_termination(backend):
+    grammar = backend.new_grammar(backend.compile(("regex", "ab")))
+    start = grammar.state
+    ids = [t for t in grammar.allowed_token_ids()]
+    tid_a = next(t for t in ids if backend.token_bytes[t] == b"a")
+    assert grammar.accept_token(tid_a)
+    assert not grammar.accept_token(tid_a)  # illegal: state unchanged
+    tid_b = next(t for t in grammar.allowed_token_ids() if backend.token_bytes[t] == b"b")
+    assert grammar.accept_token(tid_b)
+    assert grammar.is_terminated()  # only EOS may follow
+    assert grammar.accept_token(0) and grammar.is_terminated()
+    grammar.rollback(3)
+    assert grammar.state == start and not grammar.is_terminated()
