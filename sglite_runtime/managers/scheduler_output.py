@@ -58,6 +58,10 @@ class SchedulerOutputMixin:
         info = batch.sampling_info
         if logits.shape[-1] > self.vocab_size:
             logits = logits[:, : self.vocab_size]
+        if logits.is_inference():
+            # Penalties and grammar masks update logits in place, which torch forbids on
+            # inference tensors outside inference mode: work on a normal copy.
+            logits = logits.clone()
         apply_penalties(logits, info)
         if self.grammar_manager is not None:
             self.grammar_manager.apply_mask(batch.reqs, logits)
