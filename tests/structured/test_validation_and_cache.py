@@ -60,13 +60,17 @@ def _wait(cache, future, limit=10.0):
     raise AssertionError("compile did not finish")
 
 
+def _get(cache, key):
+    """get_or_submit, then wait for the future if there is one (fast compiles may be done)."""
+    grammar, future = cache.get_or_submit(key)
+    return grammar if future is None else _wait(cache, future)
+
+
 @pytest.mark.parametrize("kind,spec", INVALID_SPECS)
 def test_cache_caches_failures(backend, kind, spec):
     cache = GrammarCache(backend)
     key = make_key(kind, spec)
-    grammar, future = cache.get_or_submit(key)
-    if future is not None:
-        grammar = _wait(cache, future)
+    grammar = _get(cache, key)
     assert is_invalid(grammar) and grammar.error
     assert cache.get_error(key) == grammar.error
     again, future2 = cache.get_or_submit(key)  # served from the cache, no recompile
@@ -81,16 +85,13 @@ def test_vocabulary_gap_is_a_compile_failure(bpe_tokenizer):
     be = OutlinesGrammarBackend(bpe_tokenizer)
     be.vocabulary.remove(b"q")
     cache = GrammarCache(be)
-    grammar, future = cache.get_or_submit(("regex", "q+"))
-    got = grammar if future is None else _wait(cache, future)
-    assert is_invalid(got)
+    assert is_invalid(_get(cache, ("regex", "q+")))
 
 
 def test_cache_hit_gives_independent_copies(backend):
     cache = GrammarCache(backend)
     key = make_key("regex", "[0-9]{3}")
-    _, future = cache.get_or_submit(key)
-    first = _wait(cache, future)
+    first = _get(cache, key)
     second, none = cache.get_or_submit(key)
     assert none is None and isinstance(second, OutlinesGrammar)
     assert first.compiled is second.compiled  # shared automaton
@@ -102,8 +103,7 @@ def test_cache_hit_gives_independent_copies(backend):
 def test_lru_eviction(backend):
     cache = GrammarCache(backend, max_entries=2)
     for i in range(4):
-        _, fut = cache.get_or_submit(("regex", f"a{{{i + 1}}}"))
-        _wait(cache, fut)
+        _get(cache, ("regex", f"a{{{i + 1}}}"))
     assert len(cache) == 2
     assert cache.get_error(("regex", "a{1}")) is None and ("regex", "a{1}") not in cache._entries
     cache.shutdown()
@@ -142,7 +142,6 @@ def test_compiler_crash_is_contained(backend):
             raise AssertionError
 
     cache = GrammarCache(Boom())
-    grammar, future = cache.get_or_submit(("regex", "a"))
-    got = grammar if future is None else _wait(cache, future)
+    got = _get(cache, ("regex", "a"))
     assert is_invalid(got) and "compiler bug" in got.error
     cache.shutdown()
