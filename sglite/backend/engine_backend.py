@@ -71,6 +71,12 @@ class EngineBackend(BaseBackend):
                 chunk = dict(chunk, text=text)
             yield chunk
 
+    def run_program(self, graph: Any, sampling_params: Optional[dict[str, Any]] = None,
+                    stream: bool = False) -> Any:
+        """Run a compiled graph in the engine: ``{"events": [...]}``, an event iterator
+        (``stream``), or a list of results when ``graph`` is a list of graphs."""
+        return self.engine.run_program(graph, sampling_params, stream=stream)
+
     def flush_cache(self) -> bool:
         result = self.engine.flush_cache()
         return True if result is None else bool(getattr(result, "success", result))

@@ -89,6 +89,37 @@ class RuntimeEndpoint(BaseBackend):
         finally:
             resp.close()
 
+    # -- compiled programs ----------------------------------------------------
+    def run_program(self, graph: Any, sampling_params: Optional[dict[str, Any]] = None,
+                    stream: bool = False) -> Any:
+        """``POST /run_program``: one graph (``{"events": [...]}``, or an event iterator
+        with ``stream``) or a list of graphs (a list of results, in order)."""
+        if isinstance(graph, list):
+            body = {"graphs": graph, "sampling_params": sampling_params}
+            return self._checked(self._request("POST", "/run_program", json=body)).json()["results"]
+        body = {"graph": graph, "sampling_params": sampling_params, "stream": stream}
+        if not stream:
+            return self._checked(self._request("POST", "/run_program", json=body)).json()
+        return self._program_events(body)
+
+    def _program_events(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        resp = self._checked(self._request("POST", "/run_program", json=body, stream=True))
+        try:
+            for raw in resp.iter_lines(decode_unicode=False):
+                line = raw.decode("utf-8") if raw else ""
+                if not line.startswith("data:"):
+                    continue
+                data = line[len("data:"):].strip()
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                if isinstance(event, dict) and "error" in event and "type" not in event:
+                    err = event["error"]
+                    raise RuntimeError(str(err.get("message", err)) if isinstance(err, dict) else str(err))
+                yield event
+        finally:
+            resp.close()
+
     # -- server calls -------------------------------------------------------
     def flush_cache(self) -> bool:
         resp = self._request("POST", "/flush_cache")

@@ -55,11 +55,15 @@ class SglFunction:
             return_logprob: Optional[bool] = None, logprob_start_len: Optional[int] = None,
             top_logprobs_num: Optional[int] = None, return_text_in_logprobs: Optional[bool] = None,
             stream: bool = False, backend: Any = None, seed: Optional[int] = None,
-            use_thread: bool = True, **kwargs: Any):
+            use_thread: bool = True, compile: Union[bool, str] = False, **kwargs: Any):
         """Run the program once; the sampling arguments are defaults every gen may override.
 
         Returns a ProgramState at once (gens run on a worker thread); with
         ``stream=True`` the function itself also runs on its own thread.
+        ``compile="auto"`` sends the traced graph in one round trip when the
+        program is static and the backend runs graphs (else interprets, logging
+        why); ``compile=True`` raises NotCompilable instead; ``False`` (the
+        default) always interprets.
         """
         from sglite.lang.interpreter import run_program
 
@@ -71,6 +75,12 @@ class SglFunction:
             top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs, seed=seed,
         )
         call_kwargs = self._call_kwargs(args, kwargs)
+        if compile is not False:
+            from sglite.lang.compiler import run_maybe_compiled
+
+            state = run_maybe_compiled(self, call_kwargs, defaults, backend, stream, compile)
+            if state is not None:
+                return state
         return run_program(self.func, backend, (), call_kwargs, defaults, stream=stream,
                            use_thread=use_thread)
 
@@ -81,12 +91,13 @@ class SglFunction:
                   return_logprob: Optional[bool] = None, logprob_start_len: Optional[int] = None,
                   top_logprobs_num: Optional[int] = None, return_text_in_logprobs: Optional[bool] = None,
                   backend: Any = None, num_threads: Union[str, int] = "auto", progress_bar: bool = False,
-                  seed: Optional[int] = None):
+                  seed: Optional[int] = None, compile: Union[bool, str] = False):
         """Run the program once per element of ``batch_kwargs`` (dicts, or positional tuples).
 
         Programs run concurrently on a thread pool (``num_threads``; "auto" is
         ``max(96, 16 * cpu_count)`` capped at the batch size) and each is synced;
         the states come back in input order. ``progress_bar`` shows a tqdm bar.
+        ``compile`` as in :meth:`run`: compiled programs go to the runtime in ONE call.
         """
         from sglite.lang.interpreter import run_program_batch
 
@@ -110,7 +121,27 @@ class SglFunction:
             ignore_eos=ignore_eos, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
             top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs, seed=seed,
         )
+        if compile is not False:
+            from sglite.lang.compiler import run_batch_maybe_compiled
+
+            states, rest = run_batch_maybe_compiled(self, normalized, defaults, backend, compile)
+            if rest:
+                interpreted = run_program_batch(self.func, backend, [normalized[i] for i in rest], defaults,
+                                                num_threads, progress_bar)
+                for i, st in zip(rest, interpreted):
+                    states[i] = st
+            return states
         return run_program_batch(self.func, backend, normalized, defaults, num_threads, progress_bar)
+
+    def compile(self, *args: Any, **kwargs: Any):
+        """Trace this program with all its arguments into a ``CompiledProgram``.
+
+        Raises ``sglite.lang.tracer.NotCompilable`` (with the offending source
+        line) when the program's structure depends on generated values.
+        """
+        from sglite.lang.compiler import compile_function
+
+        return compile_function(self, self._call_kwargs(args, kwargs))
 
     def trace(self, *, backend: Any = None, **kwargs: Any):
         """Record the program as an expression graph (needs ``sglite.lang.tracer``)."""

@@ -126,6 +126,37 @@ class Engine:
             except StopAsyncIteration:
                 return
 
+    # ---- compiled programs ----------------------------------------------------------------------
+    def run_program(self, graph_dict: dict | list[dict], sampling_params: dict | None = None,
+                    stream: bool = False) -> Any:
+        """Run a compiled request graph (``CompiledProgram.graph.to_dict()``) in this engine.
+
+        Returns ``{"events": [...]}``; with ``stream=True`` an iterator of events (text deltas
+        included; closing it aborts the program); with a list of graphs, a list of results
+        (run concurrently). A malformed graph raises ``ValueError`` before anything runs.
+        """
+        from sglite_runtime.managers.program_executor import ProgramExecutor
+
+        if getattr(self, "_program_executor", None) is None:
+            self._program_executor = ProgramExecutor(self.tokenizer_manager)
+        ex = self._program_executor
+        if isinstance(graph_dict, list):
+            return self._run(ex.run_batch(graph_dict, sampling_params))
+        ex.validate(graph_dict, sampling_params)
+        if not stream:
+            return self._run(ex.collect(graph_dict, sampling_params))
+        return self._sync_events(ex.run(graph_dict, sampling_params, stream=True))
+
+    def _sync_events(self, agen: AsyncIterator[dict]) -> Iterator[dict]:
+        try:
+            while True:
+                try:
+                    yield self._run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(agen.aclose())
+
     # ---- control --------------------------------------------------------------------------------
     def flush_cache(self) -> bool:
         """Drop the radix cache. False while requests are running."""

@@ -1,0 +1,105 @@
+"""``POST /run_program``: run compiled request graphs inside the server (one round trip).
+
+Body: ``{"graph": {...}, "sampling_params": {...}, "stream": bool}`` for one
+program, or ``{"graphs": [...], "sampling_params": {...}}`` for a batch.
+
+* one graph, ``stream: false`` -> ``{"events": [...]}`` (no text deltas);
+* one graph, ``stream: true`` -> SSE ``data: {event}`` lines, then ``data: [DONE]``;
+* a batch -> ``{"results": [{"events": [...]}, ...]}`` in input order.
+
+A malformed or oversized graph is a 400 ``{"error": {"message": ...}}`` before
+anything runs; a client that disconnects cancels the program and its requests.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from sglite_runtime.entrypoints.http_utils import SSE_DONE, error_body, error_response, json_response, sse
+from sglite_runtime.managers.program_executor import ProgramExecutor
+
+logger = logging.getLogger(__name__)
+
+PATH = "/run_program"
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_BATCH = 4096
+
+program_router = APIRouter()
+
+
+def _executor(request: Request) -> ProgramExecutor:
+    app_state = request.app.state
+    ex = getattr(app_state, "program_executor", None)
+    tm = app_state.sg.tm
+    if ex is None or ex.tm is not tm:
+        ex = ProgramExecutor(tm)
+        app_state.program_executor = ex
+    return ex
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ValueError(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    import json
+
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        raise ValueError("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ValueError("The request body must be a JSON object.")
+    if ("graph" in body) == ("graphs" in body):
+        raise ValueError("Send exactly one of 'graph' or 'graphs'.")
+    if "graphs" in body:
+        if not isinstance(body["graphs"], list) or not 0 < len(body["graphs"]) <= MAX_BATCH:
+            raise ValueError(f"'graphs' must be a list of 1..{MAX_BATCH} graphs.")
+        if body.get("stream"):
+            raise ValueError("Streaming is available for a single 'graph' only.")
+    return body
+
+
+@program_router.post(PATH)
+async def run_program(request: Request) -> Response:
+    """Run one compiled program (optionally streaming events) or a batch of them."""
+    try:
+        body = await _body(request)
+        ex = _executor(request)
+        defaults = body.get("sampling_params")
+        if "graphs" in body:
+            for g in body["graphs"]:
+                ex.validate(g, defaults)
+        else:
+            ex.validate(body["graph"], defaults)
+    except ValueError as e:
+        return error_response(str(e), 400, PATH)
+    try:
+        if "graphs" in body:
+            results = await ex.run_batch(body["graphs"], defaults, request)
+            return json_response({"results": results})
+        if not body.get("stream"):
+            return json_response(await ex.collect(body["graph"], defaults, request))
+    except asyncio.CancelledError:
+        return Response(status_code=499)
+    except ValueError as e:
+        return error_response(str(e), 400, PATH)
+    return StreamingResponse(_sse(ex.run(body["graph"], defaults, True, request)),
+                             media_type="text/event-stream")
+
+
+async def _sse(agen: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    try:
+        async for ev in agen:
+            yield sse(ev)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # the status line is sent already: report in band
+        logger.exception("error while streaming /run_program")
+        yield sse(error_body(str(e) or type(e).__name__, 500, False))
+    finally:
+        await agen.aclose()  # cancels the program's streams and aborts their requests
+    yield SSE_DONE

@@ -1,0 +1,424 @@
+"""ProgramExecutor: run a compiled request graph inside the server (or Engine) process.
+
+Every stream of the graph is an asyncio task that executes its nodes in order,
+exactly like the frontend interpreter's StreamExecutor (same text, roles,
+variables, joins), but the model calls are in-process ``generate_request``s:
+
+* a fork first pre-caches the parent's text (prefill only, ``max_new_tokens: 0``),
+  then starts its branches at once, so they hit the radix cache together;
+* independent streams run concurrently and the scheduler batches their requests;
+* a select is scored by ``sglite.backend.select_scoring`` (one batched list request),
+  so its semantics are the frontend's, token for token;
+* a ``var_ref`` waits for the node that produces the variable, in any stream.
+
+Events (dicts): ``var`` (a stream published a variable), ``text`` (streaming
+deltas), ``error`` (per failed variable, and once per failed stream with
+``name: None``) and a final ``done`` with every stream's text and messages.
+Cancelling the event iterator cancels every stream; their requests are aborted.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator, Optional
+
+from sglite.backend.select_scoring import score_choices
+from sglite.lang import choices as choices_mod
+from sglite.lang.chat_template import ChatTemplate
+from sglite.lang.graph import PRODUCERS, ProgramGraph, validate_graph, validate_sampling_defaults
+from sglite.lang.sampling import SglSamplingParams
+from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
+
+logger = logging.getLogger(__name__)
+
+PRECACHE_MIN_CHARS = 64  # shorter shared prefixes are not worth an extra prefill
+_METHODS = {m.name: m for m in (choices_mod.token_length_normalized, choices_mod.greedy_token_selection,
+                                choices_mod.unconditional_likelihood_normalized)}
+_NONE_PARAMS = {f: None for f in SglSamplingParams.__dataclass_fields__}
+
+
+async def _collect(tm: Any, obj: GenerateReqInput, request: Any = None) -> Any:
+    out = None
+    async for out in tm.generate_request(obj, request):
+        pass
+    return out
+
+
+def _check_abort(meta: dict[str, Any]) -> None:
+    fr = meta.get("finish_reason") or {}
+    if isinstance(fr, dict) and fr.get("type") == "abort":
+        raise RuntimeError(str(fr.get("message") or "the request was aborted"))
+
+
+class _SyncBackend:
+    """The two calls ``score_choices`` makes, served from a worker thread via the loop."""
+
+    def __init__(self, tm: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.tm = tm
+        self.loop = loop
+
+    def get_model_info(self) -> dict[str, Any]:
+        return self.tm.model_info()
+
+    def _generate_raw(self, payload: dict[str, Any]) -> Any:
+        obj = GenerateReqInput(
+            text=payload.get("text"), input_ids=payload.get("input_ids"),
+            sampling_params=payload.get("sampling_params"), return_logprob=bool(payload.get("return_logprob")),
+            logprob_start_len=payload.get("logprob_start_len"),
+            return_text_in_logprobs=bool(payload.get("return_text_in_logprobs")))
+        return asyncio.run_coroutine_threadsafe(_collect(self.tm, obj), self.loop).result()
+
+
+class _StreamState:
+    """Mutable state of one stream: mirrors the interpreter's StreamExecutor fields."""
+
+    def __init__(self, sid: int, nodes: list[dict[str, Any]]) -> None:
+        self.sid = sid
+        self.nodes = nodes
+        self.text = ""
+        self.vars: dict[str, Any] = {}
+        self.metas: dict[str, Any] = {}
+        self.messages: list[dict[str, Any]] = []
+        self.role_history: list[str] = []
+        self.cur_role: Optional[str] = None
+        self.cur_role_begin_pos = 0
+        self.var_scope_begin: dict[str, int] = {}
+        self.fork_start = 0
+        self.error: Optional[BaseException] = None
+        self.finished = False
+        self.done = asyncio.Event()
+
+    def inherit(self, parent: "_StreamState") -> None:
+        self.text = parent.text
+        self.vars = dict(parent.vars)
+        self.metas = dict(parent.metas)
+        self.messages = [dict(m) for m in parent.messages]
+        self.role_history = list(parent.role_history)
+        self.cur_role = parent.cur_role
+        self.cur_role_begin_pos = parent.cur_role_begin_pos
+        self.fork_start = len(self.text)
+
+
+class _GraphRun:
+    """One execution of one graph."""
+
+    def __init__(self, tm: Any, template: ChatTemplate, graph: ProgramGraph, defaults: SglSamplingParams,
+                 stream: bool, request: Any) -> None:
+        self.tm = tm
+        self.template = template
+        self.graph = graph
+        self.defaults = defaults
+        self.streaming = stream
+        self.request = request
+        self.states = {s.id: _StreamState(s.id, s.nodes) for s in graph.streams}
+        self.node_done = {n["id"]: asyncio.Event() for s in graph.streams for n in s.nodes}
+        self.node_error: dict[int, BaseException] = {}
+        self.produced: dict[tuple[int, str], Any] = {}
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.tasks: list[asyncio.Task] = []
+        self.pending = len(self.states)
+
+    # -- driver -------------------------------------------------------------
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        self._launch(self.states[0])
+        try:
+            while True:
+                ev = await self.queue.get()
+                if ev is None:
+                    break
+                yield ev
+            yield {"type": "done", "texts": [self.states[i].text for i in range(len(self.states))],
+                   "messages": [self.states[i].messages for i in range(len(self.states))]}
+        finally:
+            live = [t for t in self.tasks if not t.done()]
+            for t in live:
+                t.cancel()
+            if live:
+                await asyncio.gather(*live, return_exceptions=True)
+
+    def _emit(self, ev: Optional[dict[str, Any]]) -> None:
+        self.queue.put_nowait(ev)
+
+    def _launch(self, st: _StreamState) -> None:
+        self.tasks.append(asyncio.get_running_loop().create_task(self._run_stream(st)))
+
+    def _finish(self, st: _StreamState) -> None:
+        if st.finished:
+            return
+        st.finished = True
+        st.done.set()
+        self.pending -= 1
+        if self.pending == 0:
+            self._emit(None)
+
+    async def _run_stream(self, st: _StreamState) -> None:
+        try:
+            for node in st.nodes:
+                if st.error is None:
+                    try:
+                        await self._execute(st, node)
+                        self.node_done[node["id"]].set()
+                        continue
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - reported as events, re-raised by the reader
+                        logger.info("program %s stream %d node %d failed: %s: %s",
+                                    self.graph.name, st.sid, node["id"], type(e).__name__, e)
+                        self._fail_stream_error(st, e)
+                self._skip(st, node)
+        finally:
+            self._finish(st)
+
+    def _fail_stream_error(self, st: _StreamState, e: BaseException) -> None:
+        st.error = e
+        self._emit({"type": "error", "stream": st.sid, "name": None, "message": str(e),
+                    "error_type": type(e).__name__})
+
+    def _skip(self, st: _StreamState, node: dict[str, Any]) -> None:
+        """Fail ``node`` with the stream's error (and any branch it would have started)."""
+        self.node_error[node["id"]] = st.error
+        if node["op"] in PRODUCERS and node.get("name"):
+            self._emit({"type": "error", "stream": st.sid, "name": node["name"], "node": node["id"],
+                        "message": str(st.error), "error_type": type(st.error).__name__})
+        if node["op"] == "fork":
+            for c in node["children"]:
+                child = self.states[c]
+                child.inherit(st)
+                self._fail_stream_error(child, st.error)
+                for n in child.nodes:
+                    self._skip(child, n)
+                self._finish(child)
+        self.node_done[node["id"]].set()
+
+    # -- state helpers ------------------------------------------------------
+    def _append(self, st: _StreamState, text: str, var: Optional[str] = None) -> None:
+        if not text:
+            return
+        st.text += text
+        if self.streaming:
+            ev = {"type": "text", "stream": st.sid, "delta": text}
+            if var:
+                ev["var"] = var
+            self._emit(ev)
+
+    def _publish(self, st: _StreamState, node: dict[str, Any], name: Optional[str], value: Any,
+                 meta: Any = None) -> None:
+        if not name:
+            return
+        st.vars[name] = value
+        if meta is not None:
+            st.metas[name] = meta
+        self.produced[(node["id"], name)] = value
+        self._emit({"type": "var", "stream": st.sid, "node": node["id"], "name": name, "value": value,
+                    "meta_info": meta})
+
+    # -- nodes --------------------------------------------------------------
+    async def _execute(self, st: _StreamState, node: dict[str, Any]) -> None:
+        op = node["op"]
+        if op == "fill":
+            self._append(st, node["text"])
+        elif op == "gen":
+            await self._gen(st, node)
+        elif op == "select":
+            await self._select(st, node)
+        elif op == "role_begin":
+            role = node["role"]
+            if st.cur_role is not None:
+                raise AssertionError(f"role {role!r} begins inside role {st.cur_role!r}; roles cannot nest")
+            self._append(st, self.template.prefix(role, tuple(st.role_history)))
+            st.cur_role, st.cur_role_begin_pos = role, len(st.text)
+        elif op == "role_end":
+            role = node["role"]
+            if st.cur_role != role:
+                raise AssertionError(f"role {role!r} ends but the open role is {st.cur_role!r}")
+            content = st.text[st.cur_role_begin_pos:].lstrip()
+            self._append(st, self.template.suffix(role, tuple(st.role_history)))
+            st.messages.append({"role": role, "content": content})
+            st.role_history.append(role)
+            st.cur_role = None
+        elif op == "var_begin":
+            st.var_scope_begin[node["name"]] = len(st.text)
+        elif op == "var_end":
+            start = st.var_scope_begin.pop(node["name"], len(st.text))
+            self._publish(st, node, node["name"], st.text[start:])
+        elif op == "set_var":
+            self._publish(st, node, node["name"], node["value"])
+        elif op == "fork":
+            if node["n"] > 1 and st.text:
+                await self._prefill(st.text)
+            for c in node["children"]:
+                child = self.states[c]
+                child.inherit(st)
+                self._launch(child)
+        elif op == "join":
+            await self._join(st, node)
+        elif op == "var_ref":
+            await self._var_ref(st, node)
+        else:  # validate_graph rejects unknown ops; this guards programming errors
+            raise TypeError(f"unknown node op {op!r}")
+
+    async def _prefill(self, text: str) -> None:
+        out = await _collect(self.tm, GenerateReqInput(text=text, sampling_params={"max_new_tokens": 0}),
+                             self.request)
+        _check_abort(out["meta_info"])
+
+    async def _gen(self, st: _StreamState, node: dict[str, Any]) -> None:
+        params = self.defaults.override(SglSamplingParams(**{**_NONE_PARAMS, **node.get("sampling_params", {})}))
+        sp, top = params.to_srt_kwargs()
+        n = params.n or 1
+        name = node.get("name")
+        obj = GenerateReqInput(
+            text=st.text, sampling_params=sp, return_logprob=bool(top.get("return_logprob")),
+            logprob_start_len=top.get("logprob_start_len"), top_logprobs_num=top.get("top_logprobs_num"),
+            return_text_in_logprobs=bool(top.get("return_text_in_logprobs")), stream=self.streaming and n == 1)
+        if obj.stream:
+            prev, logprobs, meta = "", [], {}
+            async for chunk in self.tm.generate_request(obj, self.request):
+                text = chunk["text"]
+                delta = text[len(prev):] if len(text) > len(prev) else ""
+                prev = text if len(text) >= len(prev) else prev
+                meta = dict(chunk["meta_info"])
+                logprobs.extend(meta.get("output_token_logprobs") or [])
+                self._append(st, delta, var=name)
+            _check_abort(meta)
+            if "output_token_logprobs" in meta:
+                meta["output_token_logprobs"] = logprobs
+            self._publish(st, node, name, prev, meta)
+            return
+        resp = await _collect(self.tm, obj, self.request)
+        if isinstance(resp, list) and not (n == 1 and len(resp) == 1):
+            for r in resp:
+                _check_abort(r["meta_info"])
+            texts, metas = [r["text"] for r in resp], [r["meta_info"] for r in resp]
+            self._append(st, texts[0], var=name)
+            self._publish(st, node, name, texts, metas)
+            return
+        resp = resp[0] if isinstance(resp, list) else resp
+        _check_abort(resp["meta_info"])
+        value = [resp["text"]] if n > 1 else resp["text"]
+        self._append(st, resp["text"], var=name)
+        self._publish(st, node, name, value, [resp["meta_info"]] if n > 1 else resp["meta_info"])
+
+    async def _select(self, st: _StreamState, node: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        method = _METHODS[node.get("method") or "token_length_normalized"]
+        decision = await loop.run_in_executor(
+            None, score_choices, _SyncBackend(self.tm, loop), st.text, list(node["choices"]),
+            float(node.get("temperature") or 0.0), method, None)
+        self._append(st, decision.decision, var=node.get("name"))
+        self._publish(st, node, node.get("name"), decision.decision, decision.meta_info)
+
+    async def _join(self, st: _StreamState, node: dict[str, Any]) -> None:
+        children = [self.states[c] for c in node["children"]]
+        for c in children:
+            await c.done.wait()
+        for c in children:
+            if c.error is not None:
+                raise c.error
+        if node.get("mode", "gather_variable") == "gather_variable":
+            base = set(st.vars)
+            names: list[str] = []
+            for c in children:
+                names += [k for k in c.vars if k not in base and k not in names]
+            for name in names:
+                self._publish(st, node, name, [c.vars.get(name) for c in children],
+                              [c.metas.get(name) for c in children])
+        else:
+            for c in children:
+                self._append(st, c.text[c.fork_start:])
+
+    async def _var_ref(self, st: _StreamState, node: dict[str, Any]) -> None:
+        src = node["source"]
+        await self.node_done[src].wait()
+        if src in self.node_error:
+            raise self.node_error[src]
+        key = (src, node["name"])
+        if key not in self.produced:
+            raise KeyError(f"variable {node['name']!r} was never produced by this program")
+        value = self.produced[key]
+        if node.get("index") is not None:
+            value = value[node["index"]]
+        if not isinstance(value, str):
+            raise TypeError(f"cannot append {type(value).__name__} to a program; use str or an sglite expression")
+        self._append(st, value)
+
+
+class ProgramExecutor:
+    """Runs request graphs on a TokenizerManager (one per server/engine)."""
+
+    def __init__(self, tokenizer_manager: Any) -> None:
+        self.tm = tokenizer_manager
+        self._template: Optional[ChatTemplate] = None
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        if self._template is None:
+            self._template = ChatTemplate.from_model_info(self.tm.model_info())
+        return self._template
+
+    @staticmethod
+    def validate(graph_dict: Any, sampling_defaults: Any = None) -> tuple[ProgramGraph, SglSamplingParams]:
+        """Parse and check a request; ``ValueError`` (a 400) before anything runs."""
+        return validate_graph(graph_dict), validate_sampling_defaults(sampling_defaults)
+
+    async def run(self, graph_dict: Any, sampling_defaults: Optional[dict[str, Any]] = None,
+                  stream: bool = False, request: Any = None) -> AsyncIterator[dict[str, Any]]:
+        """Execute one graph; yield its events (text deltas only when ``stream``)."""
+        graph, defaults = self.validate(graph_dict, sampling_defaults)
+        self.tm.start()
+        run = _GraphRun(self.tm, self.chat_template, graph, defaults, stream, request)
+        async for ev in run.events():
+            yield ev
+
+    async def collect(self, graph_dict: Any, sampling_defaults: Optional[dict[str, Any]] = None,
+                      request: Any = None) -> dict[str, Any]:
+        """Execute one graph to the end: ``{"events": [...]}``."""
+        return {"events": [ev async for ev in self.run(graph_dict, sampling_defaults, False, request)]}
+
+    async def run_batch(self, graph_dicts: list[Any], sampling_defaults: Optional[dict[str, Any]] = None,
+                        request: Any = None) -> list[dict[str, Any]]:
+        """Execute many graphs concurrently, after pre-caching their shared static prefix."""
+        if not isinstance(graph_dicts, list) or not graph_dicts:
+            raise ValueError("'graphs' must be a non-empty list")
+        checked = [self.validate(g, sampling_defaults) for g in graph_dicts]
+        self.tm.start()
+        if len(checked) > 1:
+            prefix = _common_prefix([self._static_prefix(g) for g, _ in checked])
+            if len(prefix) > PRECACHE_MIN_CHARS:
+                await _collect(self.tm, GenerateReqInput(text=prefix, sampling_params={"max_new_tokens": 0}),
+                               request)
+
+        async def one(graph: ProgramGraph, defaults: SglSamplingParams) -> dict[str, Any]:
+            run = _GraphRun(self.tm, self.chat_template, graph, defaults, False, request)
+            return {"events": [ev async for ev in run.events()]}
+
+        return list(await asyncio.gather(*(one(g, d) for g, d in checked)))
+
+    def _static_prefix(self, graph: ProgramGraph) -> str:
+        """The root stream's text before its first model call (fills and role markers)."""
+        text, history, role = "", [], None
+        for n in graph.streams[0].nodes:
+            if n["op"] == "fill":
+                text += n["text"]
+            elif n["op"] == "role_begin" and role is None:
+                text += self.chat_template.prefix(n["role"], tuple(history))
+                role = n["role"]
+            elif n["op"] == "role_end" and role == n["role"]:
+                text += self.chat_template.suffix(n["role"], tuple(history))
+                history.append(role)
+                role = None
+            elif n["op"] in ("var_begin", "var_end", "set_var"):
+                continue
+            else:
+                break
+        return text
+
+
+def _common_prefix(texts: list[str]) -> str:
+    if not texts:
+        return ""
+    lo, hi = min(texts), max(texts)
+    k = 0
+    while k < len(lo) and lo[k] == hi[k]:
+        k += 1
+    return lo[:k]
