@@ -85,3 +85,9 @@ def pool_is_clean(url: str, timeout: float = 10.0, headers: dict | None = None) 
 def wait_clean() -> Any:
     """``wait_clean(url)``: see :func:`pool_is_clean`."""
     return pool_is_clean
+
+
+@pytest.fixture(scope="session")
+def start_server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``start_server(**server_args)`` starts an extra server (the caller shuts it down)."""
+    return lambda **kw: start(model_path, tmp_path_factory, **kw)
