@@ -182,6 +182,9 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
     async def get_model_info() -> Response:
         return json_response(state.tm.model_info())
 
+    # sglang-router >= 0.3 probes /model_info first (then falls back to /get_model_info with a warning).
+    app.add_api_route("/model_info", get_model_info, methods=["GET", "POST"])
+
     async def server_info() -> Response:
         internal = await state.tm.get_internal_state()
         return json_response(state.tm.server_args_dict() | {"internal_states": [internal], "version": version()})
