@@ -1,4 +1,4 @@
-"""The reference attention backend: plain PyTorch SDPA, one request at a time.
+"""The reference attention backend: plain PyTorch SDPA.
 
 Correctness first: this is the CPU/CI path and the oracle the Triton and FlashInfer backends
 are tested against. For each request it gathers the whole sequence's K/V from the paged pool
@@ -7,7 +7,8 @@ through ``req_to_token`` and runs ``scaled_dot_product_attention``.
 Extend uses a bottom-right aligned causal mask (new token ``j`` of a request with prefix
 ``p`` sees keys ``0 .. p + j``). SDPA's ``is_causal`` is top-left aligned, so the new queries
 are placed at rows ``[p, seq_len)`` of a zero query buffer of length ``seq_len``; the causal
-mask is then exactly right for those rows, and the padding rows are sliced away.
+mask is then exactly right for those rows, and the padding rows are sliced away. Decode
+runs the whole batch in one padded, masked SDPA call.
 """
 
 from __future__ import annotations
@@ -85,13 +86,28 @@ class TorchNativeAttnBackend(AttentionBackend):
         v = v.view(bs, layer.tp_v_head_num, layer.head_dim)
         if save_kv_cache:
             fb.token_to_kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
+        if not save_kv_cache:
+            return self._decode_per_request(q, k, v, layer, fb)
+        # One padded gather for the whole batch: [bs, max_len] slots → K/V, masked past each
+        # request's length. A per-request loop costs a Python round trip per request per layer.
+        k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        max_len = max(fb.seq_lens_cpu)
+        slots = fb.req_to_token_pool.req_to_token[fb.req_pool_indices, :max_len].to(torch.int64)
+        ks = k_buf[slots].to(q.dtype).transpose(1, 2)  # [bs, Hkv, L, D]
+        vs = v_buf[slots].to(q.dtype).transpose(1, 2)
+        valid = torch.arange(max_len, device=q.device)[None, :] < fb.seq_lens[:, None]
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(2), ks, vs, attn_mask=valid[:, None, None, :], scale=layer.scaling,
+            enable_gqa=q.shape[1] != ks.shape[1])
+        return out.squeeze(2).reshape(bs, -1)
+
+    def _decode_per_request(self, q, k, v, layer, fb) -> torch.Tensor:
+        """Decode without storing: the new token's K/V comes from ``k``/``v``, not the pool."""
+        bs = q.shape[0]
         out = torch.empty_like(q)
         for i, seq_len in enumerate(fb.seq_lens_cpu):
-            if save_kv_cache:
-                ks, vs = self._kv_of(layer, fb, i, seq_len)
-            else:
-                kp, vp = self._kv_of(layer, fb, i, seq_len - 1)
-                ks, vs = torch.cat((kp.to(k.dtype), k[i : i + 1])), torch.cat((vp.to(v.dtype), v[i : i + 1]))
+            kp, vp = self._kv_of(layer, fb, i, seq_len - 1)
+            ks, vs = torch.cat((kp.to(k.dtype), k[i : i + 1])), torch.cat((vp.to(v.dtype), v[i : i + 1]))
             # One query, the last position: it sees every key, so no mask.
             out[i : i + 1] = self._sdpa(q[i : i + 1], ks.to(q.dtype), vs.to(q.dtype), layer.scaling, causal=False)
         return out.view(bs, -1)

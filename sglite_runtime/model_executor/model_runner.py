@@ -36,9 +36,6 @@ class ModelRunner:
         self.server_args = server_args
         self.tp_rank = tp_rank
         self.device = server_args.resolved_device()
-        if self.device == "cpu":
-            threads = server_args.num_threads or int(os.environ.get("SGLITE_NUM_THREADS", 0)) or torch.get_num_threads()
-            torch.set_num_threads(threads)
         torch.manual_seed(server_args.random_seed)
 
         from sglite_runtime.models.loader import load_model
@@ -47,6 +44,8 @@ class ModelRunner:
             server_args.model_path, dtype=_resolve_dtype(server_args.dtype, None), device=self.device
         )
         self.model.eval()
+        if self.device == "cpu":
+            torch.set_num_threads(cpu_threads(server_args, self.hf_config))
         self.dtype = next(self.model.parameters()).dtype
         cfg = self.hf_config
         self.vocab_size = cfg.vocab_size
@@ -119,6 +118,16 @@ class ModelRunner:
     @torch.inference_mode()
     def compute_logits(self, hidden_rows: torch.Tensor) -> torch.Tensor:
         return self.model.compute_logits(hidden_rows).float()
+
+
+def cpu_threads(server_args: ServerArgs, hf_config) -> int:
+    """Intra-op threads on CPU: ``--num-threads``, else SGLITE_NUM_THREADS, else one thread for
+    small models (their ops are too small to split, and spinning worker threads cost more than
+    they give, badly so on a loaded machine), else every core."""
+    explicit = server_args.num_threads or int(os.environ.get("SGLITE_NUM_THREADS", 0))
+    if explicit:
+        return explicit
+    return 1 if hf_config.hidden_size <= 1024 else (os.cpu_count() or 1)
 
 
 def _physical_memory() -> int:
