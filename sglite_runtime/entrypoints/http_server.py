@@ -131,6 +131,8 @@ def _check_generate(req: GenerateRequest, context: int) -> None:
     for v in _as_list(req.logprob_start_len):
         if v is not None and v < -1:
             raise ValueError(f"logprob_start_len must be -1 or at least 0, got {v}.")
+    if is_batch and n > 1 and isinstance(req.rid, str):
+        raise ValueError("rid must be a list with one id per prompt for a batch request.")
     rids = [r for r in _as_list(req.rid) if r is not None]
     if len(set(rids)) != len(rids):
         raise ValueError("Request ids in a batch must be unique.")

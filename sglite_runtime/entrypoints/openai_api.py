@@ -193,6 +193,16 @@ class _Deltas:
         return _usage([{"meta_info": self.metas[i]} for i in sorted(self.metas)], n)
 
 
+class _LazyPrompts:
+    def __init__(self, tm: Any, texts: list[str] | None, ids_list: list[list[int]] | None):
+        self.tm, self.texts, self.ids_list = tm, texts, ids_list
+
+    def __getitem__(self, i: int) -> str:
+        if self.texts is not None:
+            return self.texts[i]
+        return self.tm.tokenizer.decode(self.ids_list[i])
+
+
 # ---- /v1/completions ------------------------------------------------------------------------------
 async def _completions(tm: Any, req: CompletionRequest, request: Request) -> Response:
     p = req.prompt
@@ -217,7 +227,8 @@ async def _completions(tm: Any, req: CompletionRequest, request: Request) -> Res
         sampling_params=_sampling(req, req.max_tokens), rid=req.rid, return_logprob=lp is not None,
         logprob_start_len=0 if (req.echo and lp is not None) else -1, top_logprobs_num=lp or 0,
         return_text_in_logprobs=True, stream=req.stream)
-    prompts = texts if texts is not None else [tm.tokenizer.decode(x) for x in ids_list]
+    # Echo text is decoded lazily: the ids are validated by the TokenizerManager first.
+    prompts = _LazyPrompts(tm, texts, ids_list)
     n = req.n
     cid = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
