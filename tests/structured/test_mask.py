@@ -74,3 +74,57 @@ def test_rollback_and_termination(backend):
     assert grammar.accept_token(0) and grammar.is_terminated()
     grammar.rollback(3)
     assert grammar.state == start and not grammar.is_terminated()
+
+
+def test_cold_and_warm_rows_agree_with_extra_stop_ids(bpe_tokenizer):
+    stops = [bpe_tokenizer.token_to_id("<|endoftext|>"), bpe_tokenizer.token_to_id("<|im_end|>")]
+    be = OutlinesGrammarBackend(bpe_tokenizer, vocab_size=832, eos_token_ids=stops)
+    compiled = be.compile(("regex", "[0-9]{1,3}"))
+    grammar = be.new_grammar(compiled)
+    seven = next(t for t in grammar.allowed_token_ids() if be.token_bytes[t] == b"7")
+    grammar.accept_token(seven)
+    cold = be.allocate_vocab_mask(832, 2, "cpu")
+    grammar.fill_vocab_mask(cold, 1)  # first visit: the Guide writes the row
+    warm = be.allocate_vocab_mask(832, 2, "cpu")
+    grammar.copy().fill_vocab_mask(warm, 0)  # cached row
+    assert torch.equal(cold[1], warm[0])
+    allowed = _allowed_from_mask(cold[1], 832)
+    assert set(stops) <= allowed and allowed == set(grammar.allowed_token_ids())
+    assert grammar.accept_token(stops[1]) and grammar.is_terminated()
+    grammar.rollback(1)
+    assert not grammar.is_terminated() and grammar.accept_token(stops[0])
+
+
+def test_non_contiguous_mask_falls_back(backend):
+    grammar = backend.new_grammar(backend.compile(("regex", "(yes|no)")))
+    words = (backend.vocab_size + 31) // 32
+    big = torch.full((2, 2 * words), -1, dtype=torch.int32)
+    mask = big[:, :words]
+    assert not mask.is_contiguous()
+    grammar.fill_vocab_mask(mask, 1)
+    assert _allowed_from_mask(mask[1], backend.vocab_size) == set(grammar.allowed_token_ids())
+    assert (big[1, words:] == -1).all() and (big[0] == -1).all()
+
+
+def test_copy_mid_stream_is_independent(backend):
+    grammar = backend.new_grammar(backend.compile(("regex", "[a-c]{4}")))
+    grammar.accept_token(grammar.allowed_token_ids()[0])
+    dup = grammar.copy()
+    assert dup.state == grammar.state
+    dup.accept_token(dup.allowed_token_ids()[0])
+    assert dup.state != grammar.state
+    dup.rollback(2)
+    assert dup.state == grammar.compiled.initial_state and grammar.state != dup.state
+
+
+def test_rollback_deeper_than_guide_buffer(bpe_tokenizer):
+    be = OutlinesGrammarBackend(bpe_tokenizer, max_rollback=2)
+    grammar = be.new_grammar(be.compile(("regex", "[a-c]{6}")))
+    states = [grammar.state]
+    for _ in range(5):
+        grammar.accept_token(grammar.allowed_token_ids()[-1])
+        states.append(grammar.state)
+    grammar.rollback(1)
+    assert grammar.state == states[4]
+    grammar.rollback(4)  # beyond the Guide's buffer of 2: rebuilt by replay
+    assert grammar.state == states[0]
