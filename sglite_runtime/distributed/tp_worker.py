@@ -82,9 +82,6 @@ def init_distributed(server_args: ServerArgs, tp_rank: int, dist_init_addr: str)
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if device.startswith("cuda"):
         torch.cuda.set_device(tp_rank % ranks_per_node(server_args))
-    elif server_args.num_threads is None:
-        # Ranks on one host share its cores; without this each would claim all of them.
-        server_args.num_threads = max(1, (os.cpu_count() or 1) // ranks_per_node(server_args))
     timeout = datetime.timedelta(seconds=DIST_TIMEOUT_S)
     dist.init_process_group(backend=backend, init_method=f"tcp://{dist_init_addr}", rank=tp_rank,
                             world_size=server_args.tp_size, timeout=timeout)
@@ -186,6 +183,10 @@ def run_tp_scheduler_process(server_args: ServerArgs, port_args: Any, pipe_write
     try:
         cpu_group = init_distributed(server_args, tp_rank, dist_init_addr)
         scheduler = Scheduler(server_args, tp_rank)
+        if scheduler.device == "cpu" and not server_args.num_threads:
+            # Ranks on one host share its cores: cap the model runner's choice at this rank's share.
+            share = max(1, (os.cpu_count() or 1) // ranks_per_node(server_args))
+            torch.set_num_threads(min(torch.get_num_threads(), share))
         io = _Rank0IO(port_args) if tp_rank == 0 else None
     except Exception as e:
         pipe_writer.send({"status": "error", "message": f"TP rank {tp_rank} failed to start: {e!r}\n"
