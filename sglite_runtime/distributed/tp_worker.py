@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 # peer that hangs (or a partitioned node); it must exceed the model-load skew between ranks.
 DIST_TIMEOUT_S = float(os.environ.get("SGLITE_DIST_TIMEOUT", "300"))
 IDLE_POLL_MS = 1000
+_STOP_SIZE = -1  # the size rank 0 broadcasts to end every rank's loop cleanly
 
 
 # ---- layout --------------------------------------------------------------------------------------
@@ -92,17 +93,19 @@ def init_distributed(server_args: ServerArgs, tp_rank: int, dist_init_addr: str)
 
 
 # ---- lockstep messaging --------------------------------------------------------------------------
-def broadcast_messages(frames: list[bytes] | None, group: Any) -> list[bytes]:
-    """Rank 0's list of raw ZMQ frames, on every rank.
+def broadcast_messages(frames: list[bytes] | None, group: Any, stop: bool = False) -> list[bytes] | None:
+    """Rank 0's list of raw ZMQ frames, on every rank; None on every rank when rank 0 sends ``stop``.
 
     One int64 broadcast per iteration when there is nothing to send (the common decode step);
     a second, byte-tensor broadcast only when there are messages.
     """
     is_src = dist.get_rank() == 0
     payload = pickle.dumps(frames) if is_src and frames else b""
-    size = torch.tensor([len(payload)], dtype=torch.int64)
+    size = torch.tensor([_STOP_SIZE if is_src and stop else len(payload)], dtype=torch.int64)
     dist.broadcast(size, src=0, group=group)
     n = int(size.item())
+    if n == _STOP_SIZE:
+        return None
     if n == 0:
         return []
     buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if is_src else torch.empty(n, dtype=torch.uint8)
@@ -136,8 +139,8 @@ class _Rank0IO:
         return frames
 
 
-def tp_event_loop(scheduler: Any, io: _Rank0IO | None, cpu_group: Any) -> None:
-    """Run forever in lockstep with the other ranks; raises on a collective error."""
+def tp_event_loop(scheduler: Any, io: _Rank0IO | None, cpu_group: Any, stop: threading.Event | None = None) -> None:
+    """Run in lockstep with the other ranks until rank 0's ``stop`` is set; raises on a collective error."""
     from sglite_runtime.managers.io_struct import decode, encode
 
     idle_checked = True
@@ -147,7 +150,10 @@ def tp_event_loop(scheduler: Any, io: _Rank0IO | None, cpu_group: Any) -> None:
             # Block only when idle, so a running batch never waits on the socket. The other
             # ranks wait in the broadcast meanwhile, which is cheap.
             frames = io.drain(0 if scheduler.has_work() else IDLE_POLL_MS)
-        frames = broadcast_messages(frames, cpu_group)
+        frames = broadcast_messages(frames, cpu_group, stop=stop is not None and stop.is_set())
+        if frames is None:
+            logger.info("TP rank %d: stop from rank 0", dist.get_rank())
+            return
         replies = scheduler.process_input_requests([decode(f) for f in frames])
         ran = scheduler.step()
         outputs = scheduler.drain_outputs()
@@ -196,12 +202,18 @@ def run_tp_scheduler_process(server_args: ServerArgs, port_args: Any, pipe_write
     if tp_rank == 0:
         msg["info"] = encode(SchedulerReady(scheduler.max_total_num_tokens, scheduler.max_running_requests,
                                             scheduler.context_len, scheduler.vocab_size))
+    stop = threading.Event()
+    if tp_rank == 0:
+        # SIGTERM on rank 0 (the head shutting down) ends the other ranks too, with exit 0, at
+        # the next iteration; other ranks keep the default SIGTERM (die at once).
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     pipe_writer.send(msg)
     try:
-        tp_event_loop(scheduler, io, cpu_group)
+        tp_event_loop(scheduler, io, cpu_group, stop)
     except Exception:
         logger.exception("TP rank %d: scheduler loop failed (a peer rank may have died); exiting", tp_rank)
         _hard_exit(1)
+    _hard_exit(0)
 
 
 def _hard_exit(code: int) -> None:
@@ -215,7 +227,8 @@ def _hard_exit(code: int) -> None:
 def run_worker_node(server_args: ServerArgs) -> None:
     """``--node-rank > 0``: run this node's TP ranks only (no HTTP, tokenizer or detokenizer).
 
-    Returns never: exits 0 on SIGTERM/SIGINT, 1 when a rank dies (the whole TP group is then gone).
+    Returns never: exits 0 on SIGTERM/SIGINT or when rank 0 stops the group cleanly (the head
+    node shut down), 1 when a rank fails (the whole TP group is then gone).
     """
     from sglite_runtime.entrypoints.launcher import launch_subprocesses
     from sglite_runtime.entrypoints.process_utils import setup_logging
@@ -230,8 +243,9 @@ def run_worker_node(server_args: ServerArgs) -> None:
     code = 0
     while not stop.wait(1.0):
         if not procs.alive():
-            logger.error("TP ranks exited: %s", procs.dead_children())
-            code = 1
+            codes = [p.exitcode for p in procs.procs]
+            code = 0 if all(c == 0 for c in codes) else 1
+            (logger.info if code == 0 else logger.error)("TP ranks exited with codes %s", codes)
             break
     procs.shutdown()
     raise SystemExit(code)

@@ -4,6 +4,7 @@
   for kv_heads 2 (split, one head per rank) and kv_heads 1 (the head replicated on both ranks);
 * end to end through ``sglite.Engine(tp_size=2)`` vs ``tp_size=1``: greedy and seeded sampled
   outputs are identical token for token;
+* two "nodes" on loopback (``--nnodes 2 --node-rank 1 --dist-init-addr``) give the same tokens;
 * killing one rank: the other leaves its collective and exits non-zero within seconds, and the
   launcher's ``RuntimeProcesses`` reports both as dead (what the server watchdog polls).
 """
@@ -87,6 +88,30 @@ def test_engine_tp2_matches_tp1(kv, model_paths, request):
         with sglite.Engine(model_path=model_paths[kv], tp_size=2, max_total_tokens=4096) as llm:
             tp2 = _generate_all(llm)
     assert tp2 == tp1
+
+
+def test_two_nodes_on_loopback(model_paths, tp2_engine):
+    """--nnodes 2: node 1 runs only its rank (no HTTP), joins rank 0 at --dist-init-addr, exits 0 with it."""
+    import subprocess
+
+    import sglite
+
+    addr = f"127.0.0.1:{free_port()}"
+    common = ["--model-path", model_paths[2], "--tp-size", "2", "--nnodes", "2", "--dist-init-addr", addr,
+              "--max-total-tokens", "4096", "--log-level", "warning"]
+    node1 = subprocess.Popen([sys.executable, "-m", "sglite.launch_server", *common, "--node-rank", "1"])
+    try:
+        with sglite.Engine(model_path=model_paths[2], tp_size=2, nnodes=2, node_rank=0, dist_init_addr=addr,
+                           max_total_tokens=4096) as llm:
+            assert [p.name for p in llm._procs.procs] == ["sglite-scheduler-tp0", "sglite-detokenizer"]
+            params = {"max_new_tokens": 12, "temperature": 0}
+            got = [o["output_ids"] for o in llm.generate(PROMPTS, params)]
+            assert got == [o["output_ids"] for o in tp2_engine.generate(PROMPTS, params)]
+        assert node1.wait(20) == 0  # rank 0 broadcast "stop" on its way out
+    finally:
+        if node1.poll() is None:
+            node1.kill()
+            node1.wait(5)
 
 
 def _wait(pred, timeout: float) -> bool:
