@@ -8,7 +8,23 @@ import time
 import httpx
 import pytest
 
-LONG = "word " * 600  # more tokens than the 512-token context of the test model
+LONG = "@LONG@"  # replaced by a prompt longer than the served model's context
+
+
+@pytest.fixture(scope="module")
+def long_text(server):
+    ctx = httpx.get(server.url + "/get_model_info").json()["max_context_length"]
+    return "word " * (ctx + 16)
+
+
+def _fill(obj, long_text):
+    if obj == LONG:
+        return long_text
+    if isinstance(obj, dict):
+        return {k: _fill(v, long_text) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fill(v, long_text) for v in obj]
+    return obj
 
 
 def _msg(r: httpx.Response) -> str:
@@ -40,8 +56,8 @@ def test_invalid_json_and_non_object(server, path):
     ({"text": ["a", "b"], "sampling_params": [{}]}, "list of 1"),
     ({"text": "hi", "top_logprobs_num": -3, "return_logprob": True}, "top_logprobs_num"),
 ])
-def test_generate_bad_input(server, body, needle):
-    r = httpx.post(server.url + "/generate", json=body, timeout=30)
+def test_generate_bad_input(server, long_text, body, needle):
+    r = httpx.post(server.url + "/generate", json=_fill(body, long_text), timeout=30)
     assert r.status_code == 400, r.text
     assert needle in _msg(r)
 
@@ -58,15 +74,15 @@ def test_generate_bad_input(server, body, needle):
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}, "context length"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": -1}, "temperature"),
 ])
-def test_openai_bad_input(server, path, body, needle):
-    r = httpx.post(server.url + path, json=body, timeout=30)
+def test_openai_bad_input(server, long_text, path, body, needle):
+    r = httpx.post(server.url + path, json=_fill(body, long_text), timeout=30)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert needle in err["message"] and err["code"] == 400 and err["type"] == "BadRequestError"
 
 
-def test_stream_length_error_before_stream(server):
-    r = httpx.post(server.url + "/v1/completions", json={"prompt": LONG, "stream": True}, timeout=30)
+def test_stream_length_error_before_stream(server, long_text):
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": long_text, "stream": True}, timeout=30)
     assert r.status_code == 400 and "context length" in _msg(r)
 
 
