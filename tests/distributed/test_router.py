@@ -170,3 +170,36 @@ def test_killing_a_replica_loses_no_later_request(replicas):
         assert healthy.get(urls[0]) is True and healthy.get(urls[1]) is not True, healthy
     finally:
         router.stop()
+
+
+def test_dp_size_cli_is_one_server_and_stops_together(tiny_llama_path):
+    """``python -m sglite.launch_server --dp-size 2``: one port answers; SIGTERM exits 0 and leaves no process."""
+    psutil = pytest.importorskip("psutil")
+    from sglite_runtime.entrypoints.launcher import launch_server
+
+    handle = launch_server(model_path=tiny_llama_path, dp_size=2, max_total_tokens=1024, log_level="warning",
+                           skip_server_warmup=True, timeout=240)
+    try:
+        metas = run_workload(handle.url, [f"one port {i}" for i in range(6)])
+        assert all(m["completion_tokens"] == 4 for m in metas)
+        workers = requests.get(handle.url + "/workers", timeout=10).json()["workers"]
+        assert len(workers) == 2 and all(w["is_healthy"] for w in workers)
+        tree = psutil.Process(handle.process.pid).children(recursive=True)
+        assert len(tree) >= 3  # router + 2 replicas (+ their schedulers and detokenizers)
+        handle.process.send_signal(signal.SIGTERM)
+        assert handle.process.wait(60) == 0
+        assert _wait_gone(tree, 10.0), [p.pid for p in tree if p.is_running()]
+    finally:
+        handle.shutdown(5)
+
+
+def _wait_gone(procs, timeout: float) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
