@@ -33,9 +33,20 @@ MAX_SCHEMA_DEPTH = 48
 # Python ``re`` accepts these but the Rust regex engine behind outlines-core does not.
 _UNSUPPORTED_REGEX = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]")
 
+_UNICODE_DIGIT = re.compile(r"(?<!\\)((?:\\\\)*)\\d")
+
 _JSON_STRING = r'"([^"\\\x00-\x1F\x7F-\x9F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
 _JSON_NUMBER = r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?"
 _JSON_SCALAR = rf"({_JSON_STRING}|{_JSON_NUMBER}|true|false|null)"
+
+
+def ascii_digits(regex: str) -> str:
+    """Replace ``\\d`` (Unicode digits in Rust and Python) by ``[0-9]``.
+
+    outlines-core's ``date`` and ``uri`` formats use ``\\d``, which lets a model write
+    e.g. Javanese digits in a date.  ``[0-9]`` also works inside a class (Rust nests
+    classes), and an escaped backslash before ``d`` is left alone."""
+    return _UNICODE_DIGIT.sub(r"\1[0-9]", regex)
 
 
 def schema_from_pydantic(model_cls: Any) -> dict[str, Any]:
@@ -165,7 +176,10 @@ def spec_to_regex(
             regex = build_regex_from_schema(json.dumps(schema), whitespace)
         except Exception as exc:  # outlines raises ValueError/TypeError/others for unsupported parts
             raise ValueError(f"unsupported JSON schema: {str(exc).splitlines()[0]}") from None
-        return substitute_placeholders(regex, ranges)
+        # outlines' uri format uses [^\s...] classes that admit '"', '\\' and control
+        # characters, which would end or corrupt the JSON string: exclude them.
+        regex = regex.replace("[^\\s", '[^\\s"\\\\\\x00-\\x1F')
+        return ascii_digits(substitute_placeholders(regex, ranges))
     raise ValueError(f"unknown constraint kind {kind!r}; expected one of {GRAMMAR_KINDS}")
 
 

@@ -64,3 +64,13 @@ def test_shipped_tokenizer_walks(shipped_tokenizer):
     for schema in SCHEMA_SUITE[12:16]:
         for text in _walks(backend, ("json", json.dumps(schema)), seed=1):
             jsonschema.validate(json.loads(text), schema)
+
+
+@pytest.mark.parametrize("fmt", ["date", "uri"])
+def test_formats_use_ascii_digits(backend, fmt):
+    # outlines-core writes these formats with \d, which would allow e.g. "꧓" as a digit.
+    schema = {"type": "string", "format": fmt}
+    assert "\\d" not in backend.to_regex("json", schema)
+    for text in _walks(backend, ("json", json.dumps(schema)), seed=2):
+        value = json.loads(text)
+        assert all(not ch.isdigit() or ch in "0123456789" for ch in value), value
