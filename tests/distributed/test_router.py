@@ -1,10 +1,12 @@
 """Two sglite replicas behind the real sglang-router (loopback, free ports).
 
 * every request through the router succeeds, with the normal /generate and /v1 shapes;
-* on a shared-prefix workload (4 groups x 8 prompts, shuffled) cache-aware routing gets clearly
-  more ``cached_tokens`` than round-robin. Each replica's KV pool holds about two of the four
-  prefixes, so a replica that sees every group (round-robin) keeps evicting them, while
-  cache-aware routing sends each group to one replica;
+* on a shared-prefix workload (8 groups x 4 prompts, shuffled, 4 in flight) cache-aware routing
+  gets clearly more ``cached_tokens`` than round-robin: it sends a group to the replica that has
+  its prefix, so each prefix is computed once (8 misses), while round-robin spreads every group
+  over both replicas and computes most prefixes twice (about 16 misses). Both pools hold every
+  prefix, so the gap is routing alone. (With requests sent one at a time, sglang-router 0.3.2's
+  cache-aware policy breaks load ties toward the first worker, so everything lands there.)
 * killing a replica mid-run loses no request sent after it died: the router's health check
   (1 s interval here) drops it, and a client retry covers the moment before it does.
 """
@@ -28,11 +30,11 @@ WORDS = ("the of and to in is was for on that with as by at from his her it an w
          "not but one their its first new also after two been other who more year time they city into only when "
          "some may over most used known three world where between school state such many during since later "
          "people part work under made").split()
-PREFIX_WORDS = 200  # ~220 tokens; 4 prefixes do not fit one replica's pool, 2 do
-POOL_TOKENS = 640
+PREFIX_WORDS = 200  # ~220 tokens
+POOL_TOKENS = 4096  # every prefix fits one replica: no eviction, only routing decides hits
 
 
-def shared_prefix_workload(groups: int = 4, per_group: int = 8, seed: int = 0) -> list[str]:
+def shared_prefix_workload(groups: int = 8, per_group: int = 4, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     prefixes = [" ".join(rng.choice(WORDS) for _ in range(PREFIX_WORDS)) for _ in range(groups)]
     prompts = [f"{p} question {g}-{i}: {' '.join(rng.choice(WORDS) for _ in range(6))}"
@@ -130,14 +132,16 @@ def test_cache_aware_beats_round_robin_on_shared_prefixes(replicas):
         _flush(urls)
         router = Router(urls, policy)
         try:
-            metas = run_workload(router.url, prompts)
+            metas = run_workload(router.url, prompts, concurrency=4)
         finally:
             router.stop()
         cached[policy] = sum(m["cached_tokens"] for m in metas)
+    print("cached tokens by policy", cached)
     total_prompt = sum(m["prompt_tokens"] for m in metas)
-    # Cache-aware: ~28 of 32 prompts hit their group's prefix; round-robin keeps evicting.
-    assert cached["cache_aware"] > 0.6 * total_prompt, (cached, total_prompt)
-    assert cached["cache_aware"] > 1.5 * cached["round_robin"], (cached, total_prompt)
+    prefix = total_prompt / len(prompts)  # ~ one prefix in tokens
+    # Cache-aware: 24 of 32 prompts hit their group's prefix; round-robin about 16.
+    assert cached["cache_aware"] > 0.65 * total_prompt, (cached, total_prompt)
+    assert cached["cache_aware"] - cached["round_robin"] > 4 * prefix * 0.9, (cached, total_prompt)
 
 
 def test_killing_a_replica_loses_no_later_request(replicas):
