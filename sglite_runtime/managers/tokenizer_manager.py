@@ -134,13 +134,17 @@ class TokenizerManager:
 
     async def handle_loop(self) -> None:
         while True:
-            msg = decode(await self.recv_from_detok.recv())
-            if isinstance(msg, BatchStrOut):
-                self._handle_str_out(msg)
-            elif isinstance(msg, (FlushCacheReqOutput, GetInternalStateReqOutput)):
-                fut = self._control_futures.pop(type(msg), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
+            data = await self.recv_from_detok.recv()
+            try:
+                msg = decode(data)
+                if isinstance(msg, BatchStrOut):
+                    self._handle_str_out(msg)
+                elif isinstance(msg, (FlushCacheReqOutput, GetInternalStateReqOutput)):
+                    fut = self._control_futures.pop(type(msg), None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+            except Exception:  # one bad message must not stop every later reply
+                logger.exception("failed to handle a runtime message")
 
     # ---- validation and tokenization ---------------------------------------------------------
     def _tokenize(self, obj: GenerateReqInput) -> list[int]:
