@@ -50,6 +50,8 @@ def connect(args: argparse.Namespace) -> Iterator[Any]:
         engine = sglite.Engine(model_path=args.model_path, log_level="error")
         backend = sglite.backend.as_backend(engine)
         print(f"[backend] in-process Engine: {engine.server_args.model_path}")
+        if args.model_path is None:
+            print("[backend] sglite-tiny (2.2M params): fluent-ish text, often wrong facts")
     sglite.set_default_backend(backend)
     try:
         yield backend
