@@ -59,10 +59,12 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.url:
         client = args.url.rstrip("/")
-        backend = sglite.RuntimeEndpoint(client)
+        backend = sglite.RuntimeEndpoint(client)  # for the program below
+        print(f"[backend] server at {client}")
     else:
         client = sglite.Engine(model_path=args.model_path)  # shipped sglite-tiny by default
-        backend = client
+        backend = client  # programs accept the Engine itself as their backend
+        print(f"[backend] in-process Engine: {client.server_args.model_path}")
     print(f"ready in {time.perf_counter() - t0:.1f} s")
 
     prompts = ["The capital of France is", "def add(a, b):", '{"name": "Ada", "age":']
