@@ -278,7 +278,7 @@ class ScheduleBatch:
             i = order.pop()
             r = self.reqs[i]
             kv_len = r.seqlen - 1
-            self.allocator.free(table[r.req_pool_idx, len(r.prefix_indices):kv_len].to(torch.int64))
+            self.allocator.free(table[r.req_pool_idx, self.tree_cache.owned_prefix_len(r):kv_len].to(torch.int64))
             self.req_to_token_pool.free(r.req_pool_idx)
             self.tree_cache.dec_lock_ref(r.last_node)
             # Outputs (and so the grammar state) are kept: the request re-prefills them later.

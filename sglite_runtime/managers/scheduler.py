@@ -207,10 +207,9 @@ class Scheduler(SchedulerOutputMixin):
                 if self._shares_prefix_in_batch(req, in_batch):
                     continue  # runs next round and hits the prefix its twin caches now
                 res = adder.add_one_req(req)
-                if res == AddReqResult.NO_TOKEN:
-                    break
-                self.waiting_queue.remove(req)
-                if res == AddReqResult.OTHER:
+                if adder.can_run_list and adder.can_run_list[-1] is req:
+                    self.waiting_queue.remove(req)
+                if res != AddReqResult.CONTINUE:
                     break
             if adder.new_chunked_req is not None:
                 self.chunked_req = adder.new_chunked_req

@@ -331,6 +331,12 @@ class RadixCache:
         # output of cache_unfinished_req (tree part + the request's own unaligned tail).
         return self._aligned_len(len(req.prefix_indices))
 
+    def owned_prefix_len(self, req: Any) -> int:
+        """How many leading slots of the request's row the tree owns (and keeps when the
+        request is retracted): none without a tree; else the page-aligned part of
+        ``prefix_indices`` (its unaligned tail belongs to the request)."""
+        return 0 if self.disable else self._protected_len(req)
+
     def cache_finished_req(self, req: Any, token_ids: list[int] | None = None) -> None:
         """Hand a finished request's KV to the tree and release everything else it holds.
 

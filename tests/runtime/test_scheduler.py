@@ -90,7 +90,9 @@ def test_page_size_16_identical(tiny_llama_path):
     _same(p1, p16)
 
 
-def test_retraction_under_memory_pressure(tiny_llama_path):
+@pytest.mark.parametrize("server_args", [{}, {"disable_radix_cache": True}, {"page_size": 16}],
+                         ids=["radix", "no-radix", "page16"])
+def test_retraction_under_memory_pressure(tiny_llama_path, server_args):
     rng = random.Random(7)
     prompts = _prompts(64, seed=7, lo=8, hi=24)
     sampling = [{"max_new_tokens": rng.randint(8, 24), "temperature": 0, "ignore_eos": True} for _ in prompts]
@@ -98,14 +100,14 @@ def test_retraction_under_memory_pressure(tiny_llama_path):
 
     def run(total: int):
         # A low admission estimate over-commits on purpose, so decode must retract.
-        s = make_scheduler(tiny_llama_path, max_total_tokens=total, init_new_token_ratio=0.05)
+        s = make_scheduler(tiny_llama_path, max_total_tokens=total, init_new_token_ratio=0.05, **server_args)
         for i, (p, sp) in enumerate(zip(prompts, sampling)):
             submit(s, str(i), p, sp)
         res = run_to_completion(s)
         return s, [res[str(i)] for i in range(len(prompts))]
 
     _, free = run(8192)
-    tight, pressured = run(int(demand * 0.2))
+    tight, pressured = run(int(demand * 0.2) // 16 * 16)
     assert tight.num_retracted > 0, "the test must actually exercise retraction"
     _same(free, pressured)
     for r, sp in zip(pressured, sampling):
@@ -178,3 +180,13 @@ def test_invalid_request_is_rejected_without_leak(tiny_llama_path):
     res = run_to_completion(s)
     assert res["bad"].finish_reason["type"] == "abort" and "temperature" in res["bad"].finish_reason["message"]
     assert "context length" in res["long"].finish_reason["message"]
+
+
+def test_prefill_token_budget_defers_without_losing_requests(tiny_llama_path):
+    # Each prompt exceeds what is left of a 64-token prefill budget after the first one, so
+    # admission stops early every round; every request must still run exactly once.
+    prompts = _prompts(6, seed=13, lo=40, hi=50)
+    budget = generate(tiny_llama_path, prompts, GREEDY, max_prefill_tokens=64)
+    free = generate(tiny_llama_path, prompts, GREEDY)
+    _same(budget, free)
+    assert all(r.finish_reason is not None for r in budget)
