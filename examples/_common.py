@@ -42,7 +42,10 @@ def parse_args(description: Optional[str], max_tokens: int = 32) -> argparse.Nam
 def connect(args: argparse.Namespace) -> Iterator[Any]:
     """Yield a backend (made the default one); stop the Engine, if we started it, on exit."""
     if args.url:
-        backend = sglite.RuntimeEndpoint(args.url)  # fails at once if nothing serves there
+        try:
+            backend = sglite.RuntimeEndpoint(args.url)  # fails at once if nothing serves there
+        except Exception as e:
+            raise SystemExit(f"cannot use the server at {args.url}: {type(e).__name__}: {e}") from None
         print(f"[backend] server at {args.url}: {backend.get_model_info().get('model_path')}")
         engine = None
     else:

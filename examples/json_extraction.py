@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from typing import Annotated
 
 import jsonschema
 from pydantic import BaseModel, Field
@@ -21,7 +22,8 @@ from _common import connect, parse_args, rule
 
 import sglite
 
-# A JSON schema as a plain dict. Bounded lengths keep the answers short.
+# A JSON schema as a plain dict. Bounded lengths keep the answers short, so that they end
+# well within max_tokens (a cut-off JSON document would not parse).
 PERSON_SCHEMA = {
     "type": "object",
     "properties": {
@@ -38,7 +40,7 @@ PERSON_SCHEMA = {
 class Book(BaseModel):
     title: str = Field(max_length=30)
     year: int = Field(ge=1000, le=2100)
-    tags: list[str] = Field(max_length=3)
+    tags: list[Annotated[str, Field(max_length=15)]] = Field(max_length=3)
 
 
 DATE = r"\d{4}-\d{2}-\d{2}"
@@ -47,13 +49,13 @@ DATE = r"\d{4}-\d{2}-\d{2}"
 @sglite.function
 def extract_person(s, text):
     s += sglite.user(f"Give me a JSON record of the person in this text: {text}")
-    s += sglite.assistant(sglite.gen("person", json_schema=PERSON_SCHEMA, max_tokens=64))
+    s += sglite.assistant(sglite.gen("person", json_schema=PERSON_SCHEMA, max_tokens=96))
 
 
 @sglite.function
 def describe_book(s, title):
     s += sglite.user(f"Give me a JSON record of the book {title}.")
-    s += sglite.assistant(sglite.gen("book", json_schema=Book, max_tokens=96))
+    s += sglite.assistant(sglite.gen("book", json_schema=Book, max_tokens=128))
 
 
 @sglite.function
@@ -100,6 +102,9 @@ def main() -> None:
         # A program whose structure does not depend on generated values compiles into one graph
         # that the runtime can execute in a single round trip (run(..., compile=True)).
         print(typed_fields.compile(event="a concert").plan())
+        state = typed_fields.run("a concert", temperature=0, compile=True)  # the graph, in one call
+        print(f"compiled run: people={state['people']!r} date={state['date']!r}")
+        ok.append(check("compiled date regex", lambda: re.fullmatch(DATE, state["date"]).group(0)))
 
     print(f"\njson_extraction done: {sum(ok)}/{len(ok)} outputs valid")
     if not all(ok):
