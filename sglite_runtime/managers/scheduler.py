@@ -79,6 +79,7 @@ class Scheduler(SchedulerOutputMixin):
         self.pending_outputs: deque[BatchTokenIDOut] = deque()
         self.forward_ct = 0
         self.num_retracted = 0
+        self.num_jump_forward_tokens = 0
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generation_tokens": 0, "requests": 0}
         self.last_batch_time = time.monotonic()
         self._seed_rng = random.Random(server_args.random_seed)
@@ -129,7 +130,8 @@ class Scheduler(SchedulerOutputMixin):
                   eos_token_ids=self.eos_token_ids)
         self.stats["requests"] += 1
         if self.grammar_manager is not None and self.grammar_manager.needs_grammar(req):
-            self.grammar_manager.add(req)
+            if self.grammar_manager.add(req):
+                self.waiting_queue.append(req)
             return
         self.waiting_queue.append(req)
 
@@ -155,6 +157,11 @@ class Scheduler(SchedulerOutputMixin):
     def _reject(self, recv: TokenizedGenerateReqInput, message: str) -> None:
         self.pending_outputs.append(self._single_output(
             recv.rid, [], {"type": "abort", "message": message, "status_code": 400}, len(recv.input_ids), 0, 0))
+
+    def reject_req(self, req: Req, message: str) -> None:
+        """Finish a request that never ran (it holds no KV) with a client error."""
+        self.pending_outputs.append(self._single_output(
+            req.rid, [], {"type": "abort", "message": message, "status_code": 400}, len(req.origin_input_ids), 0, 0))
 
     def handle_abort(self, recv: AbortReq) -> None:
         def hit(r: Req) -> bool:
@@ -319,6 +326,7 @@ class Scheduler(SchedulerOutputMixin):
             "context_len": self.context_len,
             "new_token_ratio": self.new_token_ratio,
             "num_retracted_reqs": self.num_retracted,
+            "num_jump_forward_tokens": self.num_jump_forward_tokens,
             "cache_hit_rate": hit,
             **{f"{k}_total": v for k, v in self.stats.items()},
         }

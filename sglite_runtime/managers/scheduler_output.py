@@ -114,7 +114,8 @@ class SchedulerOutputMixin:
                 self.tree_cache.cache_finished_req(r)
             else:
                 self.tree_cache.cache_unfinished_req(r)
-                keep.append(i)
+                if not self._jump_forward(r):
+                    keep.append(i)
         self.stream_output(batch.reqs)
         if not keep:
             return
@@ -159,7 +160,7 @@ class SchedulerOutputMixin:
             self.check_finished(r)
             if r.finished():
                 self.tree_cache.cache_finished_req(r)
-            else:
+            elif not self._jump_forward(r):
                 keep.append(i)
         self.stream_output(batch.reqs)
         batch.output_ids = out.next_token_ids.to(torch.int64)
@@ -169,7 +170,7 @@ class SchedulerOutputMixin:
         r.output_ids.append(token)
         self.stats["generation_tokens"] += 1
         if r.grammar is not None:
-            r.grammar.accept_token(token)
+            self.grammar_manager.accept(r, token)
         if r.return_logprob:
             lp = float(out.next_token_logprobs[i])
             r.output_token_logprobs.append((lp, token))
@@ -177,6 +178,42 @@ class SchedulerOutputMixin:
                 row = torch.log_softmax(logits[i].float(), dim=-1)
                 tv, ti = row.topk(r.top_logprobs_num)
                 r.output_top_logprobs.append(list(zip(tv.tolist(), ti.tolist())))
+
+    def _jump_forward(self, r: "Req") -> bool:
+        """Append the tokens the grammar forces and requeue the request as an extend.
+
+        Its computed KV goes to the radix tree first, so the re-prefill only computes the
+        forced tokens. Returns True when the request left the running batch.
+        """
+        if r.grammar is None or self.grammar_manager is None:
+            return False
+        budget = r.sampling_params.max_new_tokens - len(r.output_ids) - 1
+        forced = self.grammar_manager.forced_tokens(r)[: max(budget, 0)]
+        if not forced:
+            return False
+        r.fill_ids = r.origin_input_ids + r.output_ids[:-1]  # every token that has KV
+        self.tree_cache.cache_unfinished_req(r)
+        own = r.prefix_indices[self.tree_cache.owned_prefix_len(r):]
+        self.allocator.free(own)
+        self.req_to_token_pool.free(r.req_pool_idx)
+        self.tree_cache.dec_lock_ref(r.last_node)
+        r.reset_for_retract()
+        for t in forced:
+            r.output_ids.append(t)
+            self.grammar_manager.accept(r, t)
+        self.stats["generation_tokens"] += len(forced)
+        if r.return_logprob:  # forced tokens have probability 1 under the constraint
+            r.output_token_logprobs.extend((0.0, t) for t in forced)
+            if r.top_logprobs_num > 0:
+                r.output_top_logprobs.extend([[(0.0, t)]] for t in forced)
+        self.num_jump_forward_tokens += len(forced)
+        if r.to_abort or r.grammar.is_terminated():
+            # Done without another forward; its KV was already released above.
+            r.finished_reason = ({"type": "abort", "message": r.to_abort_message} if r.to_abort
+                                 else {"type": "stop", "matched": None})
+            return True
+        self.waiting_queue.insert(0, r)
+        return True
 
     def _finish_without_output(self, r: "Req", reason: dict) -> None:
         """Release a request whose row holds KV for exactly ``fill_ids`` (no sampled token)."""

@@ -408,7 +408,7 @@ class TokenizerManager:
 
 def _make_grammar_validator():
     try:
-        from sglite_runtime.constrained.outlines_backend import validate_sampling_params
+        from sglite_runtime.managers.grammar_manager import validate_sampling_params
     except ImportError:
         return None
     return validate_sampling_params
