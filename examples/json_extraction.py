@@ -65,6 +65,16 @@ def typed_fields(s, event):
     s += "Date (YYYY-MM-DD): " + sglite.gen("date", regex=DATE, max_tokens=12) + "\n"
 
 
+@sglite.function
+def record_by_hand(s, name):
+    """Fixed JSON scaffolding written by the program, only the values generated (SGLang style)."""
+    s += f"A JSON record of {name}:\n"
+    with s.var_scope("record"):  # everything appended in this block becomes s["record"]
+        s += '{"name": "' + name + '", "age": ' + sglite.gen_int("age", max_tokens=4)
+        # A JSON-safe string by regex (gen_string's pattern, as in SGLang, admits raw newlines).
+        s += ', "city": ' + sglite.gen("city", regex=r'"[A-Z][a-z]{1,14}"', max_tokens=20) + "}"
+
+
 def check(label: str, validate) -> bool:
     """Run one validation; print the outcome instead of raising."""
     try:
@@ -97,6 +107,11 @@ def main() -> None:
         print(state.text().rstrip())
         ok.append(check("int(people)", lambda: int(state["people"])))
         ok.append(check("date regex", lambda: re.fullmatch(DATE, state["date"]).group(0)))
+
+        rule("var_scope: JSON scaffolding written by the program")
+        state = record_by_hand.run("Grace", temperature=0)
+        print("raw:", state["record"])
+        ok.append(check("json.loads(record)", lambda: json.loads(state["record"])))
 
         rule("compile(): the plan of a static program (runs nothing)")
         # A program whose structure does not depend on generated values compiles into one graph

@@ -27,8 +27,8 @@ MARKERS = {
     "fork_parallel": ["skeleton", "tip 3:", "summary", "fork_parallel done"],
     "select_classify": ["choice: ", "mean logprob", "greedy_token_selection", "topic ", "select_classify done"],
     "json_extraction": ["valid json.loads", "valid jsonschema", "valid Book.model_validate_json",
-                        "valid int(people)", "valid date regex", "wave 1:", "valid compiled date regex",
-                        "json_extraction done: 6/6"],
+                        "valid int(people)", "valid date regex", "wave 1:", "valid json.loads(record)",
+                        "valid compiled date regex", "json_extraction done: 7/7"],
     "batch": ["run_batch over 20 inputs", " Fiji -> ", "20 programs in", "batch done"],
 }
 
