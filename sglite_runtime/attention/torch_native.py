@@ -5,10 +5,9 @@ are tested against. For each request it gathers the whole sequence's K/V from th
 through ``req_to_token`` and runs ``scaled_dot_product_attention``.
 
 Extend uses a bottom-right aligned causal mask (new token ``j`` of a request with prefix
-``p`` sees keys ``0 .. p + j``). SDPA's ``is_causal`` is top-left aligned, so the new queries
-are placed at rows ``[p, seq_len)`` of a zero query buffer of length ``seq_len``; the causal
-mask is then exactly right for those rows, and the padding rows are sliced away. Decode
-runs the whole batch in one padded, masked SDPA call.
+``p`` sees keys ``0 .. p + j``): SDPA's ``is_causal`` when there is no prefix, else an
+explicit ``[extend, seq_len]`` mask (SDPA's ``is_causal`` is top-left aligned). Decode runs the
+whole batch in one padded, masked SDPA call.
 """
 
 from __future__ import annotations
@@ -28,12 +27,14 @@ if TYPE_CHECKING:
 class TorchNativeAttnBackend(AttentionBackend):
     """SDPA per request over K/V read back from ``token_to_kv_pool``."""
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, causal: bool) -> torch.Tensor:
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, causal: bool,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
         """``q [Lq, H, D]``, ``k/v [Lk, Hkv, D]`` → ``[Lq, H, D]``; GQA maps head h to h // (H/Hkv)."""
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1).unsqueeze(0),
             k.transpose(0, 1).unsqueeze(0),
             v.transpose(0, 1).unsqueeze(0),
+            attn_mask=mask,
             is_causal=causal,
             scale=scaling,
             enable_gqa=q.shape[1] != k.shape[1],
@@ -71,10 +72,15 @@ class TorchNativeAttnBackend(AttentionBackend):
                 kp, vp = self._kv_of(layer, fb, i, p)
                 ks = torch.cat((kp.to(k.dtype), k[start : start + e]))
                 vs = torch.cat((vp.to(v.dtype), v[start : start + e]))
-            qs = q.new_zeros(seq_len, q.shape[1], q.shape[2])
-            qs[p:] = q[start : start + e]
-            o = self._sdpa(qs, ks.to(q.dtype), vs.to(q.dtype), layer.scaling, causal=True)
-            out[start : start + e] = o[p:]
+            qs = q[start : start + e]
+            if p == 0:
+                o = self._sdpa(qs, ks.to(q.dtype), vs.to(q.dtype), layer.scaling, causal=True)
+            else:
+                # Bottom-right causal: new token j (position p + j) sees keys 0 .. p + j. An
+                # explicit [e, seq_len] mask costs e·seq_len, not seq_len² as padding would.
+                mask = torch.arange(seq_len, device=q.device)[None, :] <= (p + torch.arange(e, device=q.device))[:, None]
+                o = self._sdpa(qs, ks.to(q.dtype), vs.to(q.dtype), layer.scaling, causal=False, mask=mask)
+            out[start : start + e] = o
             start += e
         return out.view(num_tokens, -1)
 
@@ -92,9 +98,11 @@ class TorchNativeAttnBackend(AttentionBackend):
         # request's length. A per-request loop costs a Python round trip per request per layer.
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         max_len = max(fb.seq_lens_cpu)
-        slots = fb.req_to_token_pool.req_to_token[fb.req_pool_indices, :max_len].to(torch.int64)
-        ks = k_buf[slots].to(q.dtype).transpose(1, 2)  # [bs, Hkv, L, D]
-        vs = v_buf[slots].to(q.dtype).transpose(1, 2)
+        slots = fb.req_to_token_pool.req_to_token[fb.req_pool_indices, :max_len].reshape(-1).to(torch.int64)
+        # index_select on a 2-D view is several times faster on CPU than advanced indexing.
+        shape = (bs, max_len, k_buf.shape[1], k_buf.shape[2])
+        ks = k_buf.view(k_buf.shape[0], -1).index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)
+        vs = v_buf.view(v_buf.shape[0], -1).index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)
         valid = torch.arange(max_len, device=q.device)[None, :] < fb.seq_lens[:, None]
         out = F.scaled_dot_product_attention(
             q.unsqueeze(2), ks, vs, attn_mask=valid[:, None, None, :], scale=layer.scaling,
