@@ -37,6 +37,9 @@ class SglFunction:
             raise TypeError(f"{self.__name__}() has no parameters {sorted(unknown)}")
         return SglFunction(self.func, self.num_api_spec_tokens, {**self.bind_arguments, **kwargs})
 
+    def _param_default(self, name: str) -> Any:
+        return inspect.signature(self.func).parameters[name].default
+
     def _call_kwargs(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         free = [n for n in self.arg_names if n not in self.bind_arguments]
         if len(args) > len(free):
@@ -109,8 +112,10 @@ class SglFunction:
             if isinstance(item, dict):
                 normalized.append(self._call_kwargs((), item))
             elif isinstance(item, (list, tuple)):
-                if len(item) != len(free):
-                    raise Exception(f"expected {len(free)} positional arguments {free}, got {len(item)}")
+                required = [a for a in free if self._param_default(a) is inspect.Parameter.empty]
+                if not len(required) <= len(item) <= len(free):
+                    raise TypeError(f"expected {len(required)} to {len(free)} positional arguments {free}, "
+                                    f"got {len(item)}")
                 normalized.append(self._call_kwargs(tuple(item), {}))
             else:
                 raise TypeError(f"batch items must be dicts or tuples, got {type(item).__name__}")
