@@ -311,7 +311,7 @@ class Scheduler(SchedulerOutputMixin):
         s = self.pool_stats()
         if s["available"] + s["evictable"] != s["total"] or s["protected"]:
             raise RuntimeError(f"KV pool leak detected: {s}")
-        if self.req_to_token_pool.available_size() != self.req_to_token_pool.size:
+        if self.req_to_token_pool.available_size() != self.req_to_token_pool.usable_size():
             raise RuntimeError("request slot leak detected")
 
     def get_internal_state(self) -> dict[str, Any]:

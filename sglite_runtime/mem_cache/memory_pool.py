@@ -29,6 +29,7 @@ class ReqToTokenPool:
         self.device = device
         self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int32, device=device)
         self.free_slots: list[int] = list(range(size))
+        self.reserved: set[int] = set()  # rows taken for good (the CUDA-graph padding row)
 
     def available_size(self) -> int:
         return len(self.free_slots)
@@ -45,8 +46,18 @@ class ReqToTokenPool:
         else:
             self.free_slots.extend(idx)
 
+    def reserve(self) -> int | None:
+        """Take a row out of circulation for good: ``clear`` never frees it."""
+        got = self.alloc(1)
+        if got is not None:
+            self.reserved.add(got[0])
+        return got[0] if got else None
+
+    def usable_size(self) -> int:
+        return self.size - len(self.reserved)
+
     def clear(self) -> None:
-        self.free_slots = list(range(self.size))
+        self.free_slots = [i for i in range(self.size) if i not in self.reserved]
 
 
 class TokenToKVPoolAllocator:

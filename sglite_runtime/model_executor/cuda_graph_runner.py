@@ -79,10 +79,10 @@ class CudaGraphRunner:
 
         # A request row reserved for padding: never freed, kept all zeros, so a dummy query reads
         # slot 0 only. Taken from the pool so the scheduler can never hand it out.
-        got = model_runner.req_to_token_pool.alloc(1)
+        got = model_runner.req_to_token_pool.reserve()
         if got is None:
             raise RuntimeError("no free req_to_token row left for the CUDA-graph padding row")
-        self.dummy_row = got[0]
+        self.dummy_row = got
         model_runner.req_to_token_pool.req_to_token[self.dummy_row].zero_()
 
         n, dev, i64 = self.max_bs, self.device, torch.int64

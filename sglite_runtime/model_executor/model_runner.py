@@ -58,6 +58,7 @@ class ModelRunner:
         self.page_size = server_args.page_size
         self._init_memory_pool()
         self.attn_backend = self._create_attn_backend()
+        self.cuda_graph_runner = self._create_cuda_graph_runner()
 
     # ---- setup -------------------------------------------------------------------------
     def _local_kv_heads(self) -> int:
@@ -108,11 +109,32 @@ class ModelRunner:
 
         return TorchNativeAttnBackend()
 
+    def _create_cuda_graph_runner(self):
+        """Decode CUDA graphs on a GPU unless --disable-cuda-graph (never on a CPU)."""
+        if not self.device.startswith("cuda") or self.server_args.disable_cuda_graph:
+            return None
+        if not getattr(self.attn_backend, "supports_cuda_graph", False):
+            logger.warning("attention backend %s cannot run in CUDA graphs; decode runs eagerly",
+                           type(self.attn_backend).__name__)
+            return None
+        from sglite_runtime.model_executor.cuda_graph_runner import CudaGraphRunner
+
+        runner = CudaGraphRunner(self)
+        logger.info("captured decode CUDA graphs for batch sizes %s", runner.batch_sizes)
+        return runner
+
     # ---- forward -------------------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
-        """Run the model; returns hidden states of every token ``[num_tokens, hidden]``."""
+        """Run the model; returns hidden states ``[num_tokens, hidden]`` (a view of a graph's
+        static output for replayed decodes: consume it before the next forward)."""
+        if fb.forward_mode.is_decode() and self.cuda_graph_runner is not None and self.cuda_graph_runner.can_run(fb):
+            return self.cuda_graph_runner.replay(fb)
         self.attn_backend.init_forward_metadata(fb)
+        return self.model(fb.input_ids, fb.positions, fb)
+
+    def forward_decode_raw(self, fb: ForwardBatch) -> torch.Tensor:
+        """The model on a prepared DECODE batch, metadata already set (what graphs capture)."""
         return self.model(fb.input_ids, fb.positions, fb)
 
     @torch.inference_mode()
