@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 import jsonschema
@@ -79,10 +80,23 @@ def chat_prompt(tok, text: str) -> list[int]:
                                         tokenize=True)["input_ids"])
 
 
+def run_all(s, results: dict[str, Result] | None = None) -> dict[str, Result]:
+    """run_to_completion, but an idle step (only grammar compiles pending) sleeps a little:
+    a spinning loop starves the compile thread of the GIL and burns the helper's step cap."""
+    last = [s.forward_ct]
+
+    def on_step(sched, _steps):
+        if sched.forward_ct == last[0]:
+            time.sleep(0.0005)
+        last[0] = sched.forward_ct
+
+    return run_to_completion(s, results, on_step=on_step)
+
+
 def run_cases(s, prompt: list[int], cases: list[Case], max_new: int = MAX_NEW, **submit_kw) -> dict[str, Result]:
     for c in cases:
         submit(s, c.rid, prompt, {"max_new_tokens": max_new, **c.sampling}, **submit_kw)
-    return run_to_completion(s)
+    return run_all(s)
 
 
 def verify(s, tok, cases: list[Case], res: dict[str, Result], min_stop_share: float = MIN_STOP_SHARE) -> dict:
@@ -136,7 +150,7 @@ def test_mixed_batch_leaves_unconstrained_rows_unchanged(shipped_model_path, tok
     alone = make_scheduler(shipped_model_path)
     for i, p in enumerate(prompts):
         submit(alone, f"u{i}", p, free_sp)
-    ref = run_to_completion(alone)
+    ref = run_all(alone)
 
     mixed = make_scheduler(shipped_model_path)
     cases = schema_cases(GREEDY)[::2] + regex_cases(GREEDY)[::3]
@@ -145,7 +159,7 @@ def test_mixed_batch_leaves_unconstrained_rows_unchanged(shipped_model_path, tok
         submit(mixed, c.rid, prompt, {"max_new_tokens": MAX_NEW, **c.sampling})
         if j < len(prompts):
             submit(mixed, f"u{j}", prompts[j], free_sp)
-    res = run_to_completion(mixed)
+    res = run_all(mixed)
     for i in range(len(prompts)):
         assert res[f"u{i}"].output_ids == ref[f"u{i}"].output_ids
         assert res[f"u{i}"].finish_reason == {"type": "length", "length": 24}
@@ -205,7 +219,7 @@ def test_abort_constrained_mid_run_pool_clean(tiny_llama_path, tok):
     victims = (running[:2] or [cases[0].rid]) + [cases[-1].rid]  # running and waiting
     for rid in victims:
         abort(s, rid)
-    res = run_to_completion(s, results)  # check_memory() asserts no KV leaked
+    res = run_all(s, results)  # check_memory() asserts no KV leaked
     for rid in victims + ["fresh"]:
         assert res[rid].finish_reason["type"] == "abort", (rid, res[rid].finish_reason)
     survivors = [c for c in cases if c.rid not in victims]
@@ -221,7 +235,7 @@ def test_retraction_with_constrained_requests(shipped_model_path, tok):
         s = make_scheduler(shipped_model_path, max_total_tokens=total, **kw)
         for c in cases:
             submit(s, c.rid, prompts[c.rid], {"max_new_tokens": 96, **c.sampling})
-        return s, run_to_completion(s)
+        return s, run_all(s)
 
     free_s, free = run(8192)
     used = sum(len(prompts[c.rid]) + len(free[c.rid].output_ids) for c in cases)
