@@ -182,13 +182,13 @@ def extraction_requests(tok, n: int) -> list[tuple[str, list[int], dict]]:
     return reqs
 
 
-def bench_jump_forward(model: str, tok, repeats: int, n: int) -> tuple[dict, list]:
+def bench_jump_forward(model: str, tok, repeats: int, n: int, mode: str = "token") -> tuple[dict, list]:
     from scheduler_utils import make_scheduler
 
     reqs = extraction_requests(tok, n)
     runs: dict[bool, Any] = {}
     walls: dict[bool, list[float]] = {True: [], False: []}
-    scheds = {jf: make_scheduler(model, disable_jump_forward=not jf) for jf in (True, False)}
+    scheds = {jf: make_scheduler(model, disable_jump_forward=not jf, jump_forward_mode=mode) for jf in (True, False)}
     for jf, s in scheds.items():
         drive(s, reqs)  # warm-up (compile, caches); the radix cache then holds the prompts in both
     for _ in range(repeats):
@@ -285,7 +285,11 @@ def main() -> None:
           f"(target >= 1.5); forced {jf['jump_forward_tokens']}/{jf['output_tokens']} tokens; "
           f"identical {jf['identical_outputs_on_off']}; valid {jf['valid']}; string-level jump-forward would "
           f"force {jf['string_level_forceable_tokens']} tokens; ms/step on {jf['ms_per_step_on']} off {jf['ms_per_step_off']}")
-    payload = {"model": args.model, "tpot": tpot, "jump_forward": jf}
+    jf_str, _ = bench_jump_forward(args.model, tok, args.repeats, args.num_extract, mode="string")
+    print(f"(b') string-level jump-forward: {jf_str['req_per_s_on']} req/s on vs {jf_str['req_per_s_off']} off -> "
+          f"{jf_str['ratio']}x (target >= 1.5); forced {jf_str['jump_forward_tokens']}/{jf_str['output_tokens']} "
+          f"tokens; identical to no jump {jf_str['identical_outputs_on_off']}; valid {jf_str['valid']}")
+    payload = {"model": args.model, "tpot": tpot, "jump_forward": jf, "jump_forward_string_mode": jf_str}
     if not args.skip_peer:
         peer = bench_hf_xgrammar(args.model, tok, reqs, args.repeats)
         payload["hf_xgrammar"] = peer

@@ -46,6 +46,10 @@ class ServerArgs:
     # Constrained generation
     grammar_backend: str = "outlines"
     disable_jump_forward: bool = False
+    # "token": skip only states with exactly one allowed token (output identical to masked
+    # decoding). "string": skip the whole forced string, re-tokenized (far more skipped, valid
+    # output, but its token split may differ from what decoding would have chosen).
+    jump_forward_mode: str = "token"
     # Parallelism
     tp_size: int = 1
     dp_size: int = 1
@@ -70,6 +74,8 @@ class ServerArgs:
             self.served_model_name = os.path.basename(os.path.normpath(self.model_path))
         if self.schedule_policy not in ("lpm", "fcfs"):
             raise ValueError(f"schedule_policy must be 'lpm' or 'fcfs', got {self.schedule_policy!r}")
+        if self.jump_forward_mode not in ("token", "string"):
+            raise ValueError(f"jump_forward_mode must be 'token' or 'string', got {self.jump_forward_mode!r}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
 
@@ -93,6 +99,8 @@ class ServerArgs:
             kwargs: dict = {"type": typ, "default": default}
             if f.name == "schedule_policy":
                 kwargs["choices"] = ["lpm", "fcfs"]
+            if f.name == "jump_forward_mode":
+                kwargs["choices"] = ["token", "string"]
             if f.name == "attention_backend":
                 kwargs["choices"] = ["auto", "torch_native", "triton", "flashinfer"]
             aliases = {"model_path": ["--model"], "tp_size": ["--tp"], "dp_size": ["--dp"]}.get(f.name, [])

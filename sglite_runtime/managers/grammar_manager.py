@@ -70,6 +70,7 @@ class GrammarManager:
         # timing differs per rank: compile synchronously there.
         self.synchronous = scheduler.server_args.tp_size > 1
         self.jump_forward = not scheduler.server_args.disable_jump_forward
+        self.string_mode = scheduler.server_args.jump_forward_mode == "string"
 
     # ---- queue -------------------------------------------------------------------------
     def needs_grammar(self, req: "Req") -> bool:
@@ -148,13 +149,20 @@ class GrammarManager:
             req.to_abort, req.to_abort_message = True, msg
 
     def forced_tokens(self, req: "Req") -> list[int]:
-        """Tokens the grammar forces next: while exactly one token is allowed, take it.
+        """Tokens the grammar forces next.
 
-        Only single-token states are skipped, so the output is exactly what masked decoding
-        would produce, greedy or sampled (a one-token distribution samples that token).
+        Token mode: while exactly one token is allowed, take it; the output is then exactly
+        what masked decoding would produce, greedy or sampled. String mode: the whole forced
+        string (e.g. a fixed key), re-tokenized.
         """
         if not self.jump_forward or req.grammar is None:
             return []
+        if self.string_mode:
+            try:  # the forced bytes, spelled in tokens each checked against the grammar
+                return list(req.grammar.try_jump_forward(self.scheduler.tokenizer) or [])[:MAX_JUMP_TOKENS]
+            except Exception:
+                logger.exception("jump-forward failed for %s", req.rid)
+                return []
         g = req.grammar.copy()
         out: list[int] = []
         eos = self.scheduler.eos_token_ids

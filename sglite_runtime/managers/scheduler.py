@@ -368,10 +368,12 @@ def run_scheduler_process(server_args: ServerArgs, port_args: Any, pipe_writer: 
                            scheduler.context_len, scheduler.vocab_size)
     pipe_writer.send({"status": "ready", "info": encode(ready)})
     idle_checked = True
+    ran = False
     while True:
         msgs = []
-        # Block only when idle, so a running batch never waits on the socket.
-        timeout = 0 if scheduler.has_work() else 1000
+        # Block only when idle, so a running batch never waits on the socket; with only grammar
+        # compiles pending, wait a little instead of spinning (the spin would starve their thread).
+        timeout = 1000 if not scheduler.has_work() else (0 if ran else 5)
         if recv.poll(timeout):
             while True:
                 try:

@@ -265,3 +265,16 @@ def test_jump_forward_on_off_identical(model, tok, request):
     assert on_s.num_jump_forward_tokens > 0
     request.node.user_properties.append(("jump_forward_tokens", on_s.num_jump_forward_tokens))
     verify(on_s, tok, cases, on)
+
+
+@pytest.mark.parametrize("suite", ["regex", "schema"])
+def test_string_jump_forward_outputs_valid(shipped_model_path, tok, suite):
+    """String mode skips whole forced strings (re-tokenized): not identical to decoding, but
+    every output must still satisfy its constraint, and it must skip more than token mode."""
+    prompt = chat_prompt(tok, "Give me a JSON record.")
+    cases = (regex_cases if suite == "regex" else schema_cases)(GREEDY)
+    s = make_scheduler(shipped_model_path, jump_forward_mode="string")
+    res = run_cases(s, prompt, cases)
+    verify(s, tok, cases, res)
+    if suite == "schema":
+        assert s.num_jump_forward_tokens > 0
