@@ -14,8 +14,6 @@ import time
 from collections import deque
 from typing import Any
 
-import torch
-
 from sglite_runtime.managers.io_struct import (
     AbortReq,
     BatchTokenIDOut,
@@ -155,13 +153,15 @@ class Scheduler(SchedulerOutputMixin):
             raise ValueError(f"Token id out of vocabulary (vocabulary size {self.vocab_size}).")
 
     def _reject(self, recv: TokenizedGenerateReqInput, message: str) -> None:
-        self.pending_outputs.append(self._single_output(
-            recv.rid, [], {"type": "abort", "message": message, "status_code": 400}, len(recv.input_ids), 0, 0))
+        self._reject_rid(recv.rid, len(recv.input_ids), message)
 
     def reject_req(self, req: Req, message: str) -> None:
         """Finish a request that never ran (it holds no KV) with a client error."""
+        self._reject_rid(req.rid, len(req.origin_input_ids), message)
+
+    def _reject_rid(self, rid: str, prompt_tokens: int, message: str) -> None:
         self.pending_outputs.append(self._single_output(
-            req.rid, [], {"type": "abort", "message": message, "status_code": 400}, len(req.origin_input_ids), 0, 0))
+            rid, [], {"type": "abort", "message": message, "status_code": 400}, prompt_tokens, 0, 0))
 
     def handle_abort(self, recv: AbortReq) -> None:
         def hit(r: Req) -> bool:
@@ -335,11 +335,6 @@ class Scheduler(SchedulerOutputMixin):
         out = list(self.pending_outputs)
         self.pending_outputs.clear()
         return out
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def run_scheduler_process(server_args: ServerArgs, port_args: Any, pipe_writer: Any, tp_rank: int = 0) -> None:
