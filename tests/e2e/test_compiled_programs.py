@@ -146,7 +146,7 @@ def test_dynamic_program_falls_back(backend, caplog):
 @sglite.function
 def chat_answer(s, question):
     s += sglite.user(question)
-    s += sglite.assistant(sglite.gen("answer", max_tokens=12, ignore_eos=True))
+    s += sglite.assistant(sglite.gen("answer", max_tokens=64, ignore_eos=True))
 
 
 def test_streaming_compiled_text_iter(backend):
