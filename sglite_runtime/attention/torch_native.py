@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from sglite_runtime.model_executor.forward_batch import ForwardBatch
 
 
+# Decode batches are split into at most this many length groups of at least DECODE_GROUP_MIN.
+DECODE_GROUPS = 4
+DECODE_GROUP_MIN = 8
+
+
 class TorchNativeAttnBackend(AttentionBackend):
     """SDPA per request over K/V read back from ``token_to_kv_pool``."""
 
@@ -94,20 +99,54 @@ class TorchNativeAttnBackend(AttentionBackend):
             fb.token_to_kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
         if not save_kv_cache:
             return self._decode_per_request(q, k, v, layer, fb)
-        # One padded gather for the whole batch: [bs, max_len] slots → K/V, masked past each
-        # request's length. A per-request loop costs a Python round trip per request per layer.
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        max_len = max(fb.seq_lens_cpu)
-        slots = fb.req_to_token_pool.req_to_token[fb.req_pool_indices, :max_len].reshape(-1).to(torch.int64)
-        # index_select on a 2-D view is several times faster on CPU than advanced indexing.
-        shape = (bs, max_len, k_buf.shape[1], k_buf.shape[2])
-        ks = k_buf.view(k_buf.shape[0], -1).index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)
-        vs = v_buf.view(v_buf.shape[0], -1).index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)
-        valid = torch.arange(max_len, device=q.device)[None, :] < fb.seq_lens[:, None]
-        out = F.scaled_dot_product_attention(
-            q.unsqueeze(2), ks, vs, attn_mask=valid[:, None, None, :], scale=layer.scaling,
-            enable_gqa=q.shape[1] != ks.shape[1])
-        return out.squeeze(2).reshape(bs, -1)
+        k2, v2 = k_buf.view(k_buf.shape[0], -1), v_buf.view(v_buf.shape[0], -1)
+        groups = fb.attn_metadata if isinstance(fb.attn_metadata, list) else self._decode_groups(fb)
+        out = q.new_empty(q.shape) if len(groups) > 1 else None
+        for rows, max_len, slots, valid in groups:
+            n = valid.shape[0]
+            shape = (n, max_len, k_buf.shape[1], k_buf.shape[2])
+            # index_select on a 2-D view is several times faster on CPU than advanced indexing.
+            ks = k2.index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)
+            vs = v2.index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)
+            qg = q if rows is None else q.index_select(0, rows)
+            o = F.scaled_dot_product_attention(
+                qg.unsqueeze(2), ks, vs, attn_mask=valid[:, None, None, :], scale=layer.scaling,
+                enable_gqa=q.shape[1] != ks.shape[1]).squeeze(2)
+            if out is None:
+                return o.reshape(bs, -1)
+            out[rows] = o
+        return out.reshape(bs, -1)
+
+    def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:
+        fb = forward_batch
+        fb.attn_metadata = self._decode_groups(fb) if fb.forward_mode.is_decode() else None
+
+    @staticmethod
+    def _decode_groups(fb: "ForwardBatch") -> list:
+        """Split a decode batch into groups of similar length, each padded to its own longest.
+
+        One padded, masked SDPA per group: a per-request loop costs a Python round trip per
+        request per layer, and one group for a batch with mixed lengths pads every request
+        to the longest. Slots and masks are built once per forward, not per layer.
+        """
+        lens = fb.seq_lens_cpu
+        bs = len(lens)
+        order = sorted(range(bs), key=lens.__getitem__)
+        size = max(DECODE_GROUP_MIN, -(-bs // DECODE_GROUPS))
+        table = fb.req_to_token_pool.req_to_token
+        dev = fb.seq_lens.device
+        groups = []
+        for start in range(0, bs, size):
+            idx = order[start : start + size]
+            max_len = lens[idx[-1]]
+            rows = None if size >= bs else torch.tensor(idx, dtype=torch.int64, device=dev)
+            pool_rows = fb.req_pool_indices if rows is None else fb.req_pool_indices[rows]
+            seq = fb.seq_lens if rows is None else fb.seq_lens[rows]
+            slots = table[pool_rows, :max_len].reshape(-1).to(torch.int64)
+            valid = torch.arange(max_len, device=dev)[None, :] < seq[:, None]
+            groups.append((rows, max_len, slots, valid))
+        return groups
 
     def _decode_per_request(self, q, k, v, layer, fb) -> torch.Tensor:
         """Decode without storing: the new token's K/V comes from ``k``/``v``, not the pool."""

@@ -34,11 +34,12 @@ def _setup(gqa: int, prefix_lens: list[int], extend_lens: list[int], seed: int, 
     num_heads = KV_HEADS * gqa
     layer = RadixAttention(num_heads, HEAD_DIM, HEAD_DIM**-0.5 * 1.3, KV_HEADS, layer_id=1)
     pool = MHATokenToKVPool(NUM_SLOTS, 1, torch.float32, KV_HEADS, HEAD_DIM, layer_num=2)
-    r2t = ReqToTokenPool(8, 128)
+    r2t = ReqToTokenPool(max(8, len(prefix_lens) + 4), 128)
     seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
     # Scattered slots so that a wrong gather through req_to_token can't pass by accident.
     slots = (torch.randperm(NUM_SLOTS, generator=gen)[: sum(seq_lens)] + 1).tolist()
-    rows = [5, 2, 7, 0][: len(seq_lens)]
+    rows = [5, 2, 7, 0][: len(seq_lens)] if len(seq_lens) <= 4 else (
+        torch.randperm(r2t.size, generator=gen)[: len(seq_lens)].tolist())
     prefix_kv, new_loc, cursor = [], [], 0
     for row, p, s in zip(rows, prefix_lens, seq_lens):
         mine = torch.tensor(slots[cursor : cursor + s])
@@ -116,5 +117,18 @@ def test_extend_without_cpu_lens_uses_tensors():
     prefix_lens, extend_lens = [3, 0], [4, 6]
     layer, fb, q, k, v, prefix_kv = _setup(2, prefix_lens, extend_lens, seed=3, mode=ForwardMode.EXTEND)
     fb.extend_prefix_lens_cpu = fb.extend_seq_lens_cpu = None
+    out = fb.attn_backend.forward(q, k, v, layer, fb)
+    _check(layer, fb, q, k, v, prefix_kv, out, prefix_lens, extend_lens)
+
+
+@pytest.mark.parametrize("with_metadata", [True, False])
+def test_decode_in_length_groups_matches_dense(with_metadata):
+    # 30 requests of different lengths: the backend splits them into length groups.
+    prefix_lens = [(5 * i) % 11 + (i % 3) for i in range(30)]
+    extend_lens = [1] * 30
+    layer, fb, q, k, v, prefix_kv = _setup(2, prefix_lens, extend_lens, seed=21, mode=ForwardMode.DECODE)
+    if with_metadata:
+        fb.attn_backend.init_forward_metadata(fb)
+        assert len(fb.attn_metadata) > 1
     out = fb.attn_backend.forward(q, k, v, layer, fb)
     _check(layer, fb, q, k, v, prefix_kv, out, prefix_lens, extend_lens)
