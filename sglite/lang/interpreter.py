@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 from sglite.global_config import global_config
 from sglite.lang.executor import StreamExecutor

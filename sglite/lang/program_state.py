@@ -4,12 +4,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Iterator, Optional, Union
 
 from sglite.lang.executor import StreamExecutor
 from sglite.lang.ir import (
     SglConstantText, SglExpr, SglExprList, SglRoleBegin, SglRoleEnd, SglVarScopeBegin, SglVarScopeEnd,
 )
+from sglite.lang.state_group import StateGroupBase
 
 logger = logging.getLogger(__name__)
 
@@ -195,35 +196,12 @@ class ProgramState:
         return f"ProgramState({self.text()!r})"
 
 
-class ProgramStateGroup:
+class ProgramStateGroup(StateGroupBase):
     """The branches of ``s.fork(n)``; ``join`` gathers them back into the parent."""
 
     def __init__(self, states: list[ProgramState], src_state: ProgramState) -> None:
         self.states = states
         self.src_state = src_state
-
-    def __getitem__(self, i: int) -> ProgramState:
-        return self.states[i]
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def __iter__(self) -> Iterator[ProgramState]:
-        return iter(self.states)
-
-    def __iadd__(self, other: Union[Callable[[int], Any], list, str, SglExpr]) -> "ProgramStateGroup":
-        if callable(other) and not isinstance(other, SglExpr):
-            for i, s in enumerate(self.states):
-                s += other(i)
-        elif isinstance(other, (list, tuple)):
-            if len(other) != len(self.states):
-                raise ValueError(f"{len(other)} expressions for {len(self.states)} branches")
-            for s, e in zip(self.states, other):
-                s += e
-        else:
-            for s in self.states:
-                s += other
-        return self
 
     def join(self, mode: str = "gather_variable") -> None:
         """Merge the branches into the parent.

@@ -24,6 +24,7 @@ from sglite.lang.ir import (
     SglArgument, SglCommitLazy, SglConstantText, SglExpr, SglExprList, SglGen, SglImage, SglRoleBegin,
     SglRoleEnd, SglSelect, SglVarScopeBegin, SglVarScopeEnd, SglVariable,
 )
+from sglite.lang.state_group import StateGroupBase
 
 _SGLITE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -349,36 +350,13 @@ class TracerProgramState:
         self.ended = True
 
 
-class TracerStateGroup:
+class TracerStateGroup(StateGroupBase):
     """The branches of a traced fork; ``join`` records a join node."""
 
     def __init__(self, states: list[TracerProgramState], src: TracerProgramState, fork_id: int) -> None:
         self.states = states
         self.src_state = src
         self.fork_id = fork_id
-
-    def __getitem__(self, i: int) -> TracerProgramState:
-        return self.states[i]
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def __iter__(self) -> Iterator[TracerProgramState]:
-        return iter(self.states)
-
-    def __iadd__(self, other: Any) -> "TracerStateGroup":
-        if callable(other) and not isinstance(other, SglExpr):
-            for i, s in enumerate(self.states):
-                s += other(i)
-        elif isinstance(other, (list, tuple)):
-            if len(other) != len(self.states):
-                raise ValueError(f"{len(other)} expressions for {len(self.states)} branches")
-            for s, e in zip(self.states, other):
-                s += e
-        else:
-            for s in self.states:
-                s += other
-        return self
 
     def join(self, mode: str = "gather_variable") -> None:
         if mode not in ("gather_variable", "concate_and_append"):

@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
-from sglite_runtime.entrypoints.http_utils import (SSE_DONE, abort_status, dumps, error_body, error_response,
-                                                   is_openai_path, json_response, sse)
+from sglite_runtime.entrypoints.http_utils import (SSE_DONE, abort_status, error_body, error_response,
+                                                   json_response, sse)
 from sglite_runtime.entrypoints.metrics import CONTENT_TYPE, ServerMetrics
 from sglite_runtime.entrypoints.openai_protocol import AbortRequest, FlushCacheRequest, GenerateRequest
 from sglite_runtime.entrypoints.server_lifecycle import GuardMiddleware, ServerState, SglServer, abort, watchdog

@@ -9,7 +9,7 @@ import re
 import jsonschema
 import pytest
 from grammar_suite import REGEX_SUITE, SCHEMA_SUITE
-from structured_helpers import distances_to_accept, random_walk
+from structured_helpers import distances_to_accept
 
 from sglite_runtime.constrained.jump_forward import jump_forward_str, jump_forward_tokens
 
