@@ -101,9 +101,15 @@ class FlashInferAttnBackend(AttentionBackend):
         return w
 
     @staticmethod
-    def _paged_view(fb: "ForwardBatch", layer: "RadixAttention") -> tuple[torch.Tensor, torch.Tensor]:
+    def _store_kv(q, k, v, layer: "RadixAttention", fb: "ForwardBatch") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Write the new tokens' K/V into the pool (FlashInfer reads every key from it) and
+        return q as ``[n, heads, d]`` and the pool viewed as ``[slots, page=1, kvh, d]``."""
+        n = q.shape[0]
+        fb.token_to_kv_pool.set_kv_buffer(
+            layer.layer_id, fb.out_cache_loc,
+            k.reshape(n, layer.tp_k_head_num, layer.head_dim), v.reshape(n, layer.tp_v_head_num, layer.head_dim))
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        return k_buf.unsqueeze(1), v_buf.unsqueeze(1)  # [slots, page=1, kvh, d]
+        return q.reshape(n, layer.tp_q_head_num, layer.head_dim), k_buf.unsqueeze(1), v_buf.unsqueeze(1)
 
     # ---- forward ------------------------------------------------------------------------
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True) -> torch.Tensor:
@@ -114,14 +120,7 @@ class FlashInferAttnBackend(AttentionBackend):
             self.init_forward_metadata(fb)
         md: FlashInferMetadata = fb.attn_metadata
         n = q.shape[0]
-        q3 = q.reshape(n, layer.tp_q_head_num, layer.head_dim)
-        fb.token_to_kv_pool.set_kv_buffer(
-            layer.layer_id,
-            fb.out_cache_loc,
-            k.reshape(n, layer.tp_k_head_num, layer.head_dim),
-            v.reshape(n, layer.tp_v_head_num, layer.head_dim),
-        )
-        k_cache, v_cache = self._paged_view(fb, layer)
+        q3, k_cache, v_cache = self._store_kv(q, k, v, layer, fb)
         key = ("extend", layer.tp_q_head_num, layer.tp_k_head_num, layer.head_dim, layer.scaling, q.dtype, k_cache.dtype)
         if md.planned_key != key:
             self.prefill_wrapper.plan(
@@ -141,14 +140,7 @@ class FlashInferAttnBackend(AttentionBackend):
             self.init_forward_metadata(fb)
         md: FlashInferMetadata = fb.attn_metadata
         bs = q.shape[0]
-        q3 = q.reshape(bs, layer.tp_q_head_num, layer.head_dim)
-        fb.token_to_kv_pool.set_kv_buffer(
-            layer.layer_id,
-            fb.out_cache_loc,
-            k.reshape(bs, layer.tp_k_head_num, layer.head_dim),
-            v.reshape(bs, layer.tp_v_head_num, layer.head_dim),
-        )
-        k_cache, v_cache = self._paged_view(fb, layer)
+        q3, k_cache, v_cache = self._store_kv(q, k, v, layer, fb)
         use_tc = layer.tp_q_head_num // layer.tp_k_head_num >= 4
         wrapper = self._decode_wrapper(use_tc)
         key = ("decode", layer.tp_q_head_num, layer.tp_k_head_num, layer.head_dim, layer.scaling, q.dtype, k_cache.dtype)

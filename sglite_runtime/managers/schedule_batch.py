@@ -78,7 +78,6 @@ class Req:
         self.output_token_logprobs: list[tuple[float, int]] = []
         self.output_top_logprobs: list[list[tuple[float, int]]] = []
         self.sent_len = 0  # output tokens already sent to the detokenizer
-        self.retracted_count = 0
 
     # ---- derived lengths ---------------------------------------------------------------
     @property
@@ -110,7 +109,6 @@ class Req:
         self.req_pool_idx = None
         self.extend_input_len = 0
         self.is_chunked = False
-        self.retracted_count += 1
 
     def __repr__(self) -> str:
         return f"Req(rid={self.rid}, input={len(self.origin_input_ids)}, output={len(self.output_ids)})"
@@ -153,10 +151,11 @@ class ScheduleBatch:
         return not self.reqs
 
     # ---- allocation ----------------------------------------------------------------------
-    def _evict_for(self, num_tokens: int) -> None:
-        need = num_tokens + len(self.reqs) * (self.allocator.page_size - 1)
+    def _ensure_free(self, need: int) -> bool:
+        """Evict from the radix cache until ``need`` slots are free; whether that worked."""
         if self.allocator.available_size() < need:
             self.tree_cache.evict(need - self.allocator.available_size())
+        return self.allocator.available_size() >= need
 
     def _alloc_req_slots(self) -> None:
         missing = [r for r in self.reqs if r.req_pool_idx is None]
@@ -186,7 +185,7 @@ class ScheduleBatch:
         for r, p in zip(self.reqs, prefix_lens):
             if p:
                 table[r.req_pool_idx, :p] = r.prefix_indices.to(table.dtype)
-        self._evict_for(sum(extend_lens))
+        self._ensure_free(sum(extend_lens) + len(self.reqs) * (self.allocator.page_size - 1))
         out_cache_loc = self.allocator.alloc_extend(prefix_lens, seq_lens, self._last_locs(prefix_lens))
         if out_cache_loc is None:
             raise RuntimeError("out of KV slots in extend; admission should have prevented this")
@@ -205,19 +204,14 @@ class ScheduleBatch:
         self.seq_lens_cpu, self.prefix_lens_cpu, self.extend_lens_cpu = seq_lens, prefix_lens, extend_lens
 
     # ---- decode ----------------------------------------------------------------------------
-    def new_page_count(self) -> int:
-        """KV slots the next decode step needs (whole pages when paging)."""
-        if self.allocator.page_size == 1:
-            return len(self.reqs)
+    def _decode_need(self, seq_lens: list[int]) -> int:
+        """KV slots the next decode step of these requests needs (a new page per request whose
+        last page is full, when paging)."""
         ps = self.allocator.page_size
-        return sum(ps for s in self.seq_lens_cpu if s % ps == 0)
+        return len(seq_lens) if ps == 1 else sum(ps for s in seq_lens if s % ps == 0)
 
     def check_decode_mem(self) -> bool:
-        need = self.new_page_count()
-        if self.allocator.available_size() >= need:
-            return True
-        self.tree_cache.evict(need - self.allocator.available_size())
-        return self.allocator.available_size() >= need
+        return self._ensure_free(self._decode_need(self.seq_lens_cpu))
 
     def prepare_for_decode(self) -> None:
         """One new token per request: the last sampled one, at position seq_len - 1."""
@@ -290,9 +284,5 @@ class ScheduleBatch:
         return out
 
     def _fits_after(self, retracted: list[int]) -> bool:
-        remaining = [s for i, s in enumerate(self.seq_lens_cpu) if i not in set(retracted)]
-        ps = self.allocator.page_size
-        need = len(remaining) if ps == 1 else sum(ps for s in remaining if s % ps == 0)
-        if self.allocator.available_size() < need:
-            self.tree_cache.evict(need - self.allocator.available_size())
-        return self.allocator.available_size() >= need
+        gone = set(retracted)
+        return self._ensure_free(self._decode_need([s for i, s in enumerate(self.seq_lens_cpu) if i not in gone]))

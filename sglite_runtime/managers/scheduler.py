@@ -28,7 +28,7 @@ from sglite_runtime.managers.schedule_policy import AddReqResult, PrefillAdder, 
 from sglite_runtime.managers.scheduler_output import SchedulerOutputMixin
 from sglite_runtime.mem_cache.radix_cache import RadixCache
 from sglite_runtime.model_executor.model_runner import ModelRunner
-from sglite_runtime.sampling.sampling_params import SamplingParams
+from sglite_runtime.sampling.sampling_params import SamplingParams, check_context_length
 from sglite_runtime.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -135,18 +135,7 @@ class Scheduler(SchedulerOutputMixin):
 
     def _check_length(self, recv: TokenizedGenerateReqInput, sp: SamplingParams) -> None:
         n = len(recv.input_ids)
-        if sp.max_new_tokens is None:
-            sp.max_new_tokens = max(self.context_len - n, 0)
-        if n == 0:
-            raise ValueError("The input is empty: send a non-empty prompt.")
-        if n >= self.context_len:
-            raise ValueError(f"The input ({n} tokens) is longer than the model's context length ({self.context_len} tokens).")
-        if n + sp.max_new_tokens > self.context_len:
-            raise ValueError(
-                f"Requested token count exceeds the model's maximum context length of {self.context_len} tokens. "
-                f"You requested a total of {n + sp.max_new_tokens} tokens: {n} tokens from the input messages and "
-                f"{sp.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
-                "messages or the completion to fit within the limit.")
+        check_context_length(sp, n, self.context_len)
         if n + 1 > self.max_total_num_tokens:
             raise ValueError(f"The input ({n} tokens) does not fit in the KV cache ({self.max_total_num_tokens} tokens).")
         if any(t < 0 or t >= self.vocab_size for t in recv.input_ids):

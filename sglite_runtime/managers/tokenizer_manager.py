@@ -30,7 +30,7 @@ from sglite_runtime.managers.io_struct import (
     decode,
     encode,
 )
-from sglite_runtime.sampling.sampling_params import SamplingParams
+from sglite_runtime.sampling.sampling_params import SamplingParams, check_context_length
 from sglite_runtime.server_args import ServerArgs
 from sglite_runtime.utils.hf_utils import get_tokenizer, load_chat_template
 
@@ -166,19 +166,7 @@ class TokenizerManager:
         sp = SamplingParams.from_dict(dict(sp_dict or {}))
         sp.normalize(self.tokenizer)
         sp.verify(self.vocab_size)
-        if not ids:
-            raise ValueError("The input is empty: send a non-empty prompt.")
-        n = len(ids)
-        if sp.max_new_tokens is None:
-            sp.max_new_tokens = max(self.context_len - n, 0)
-        if n >= self.context_len:
-            raise ValueError(f"The input ({n} tokens) is longer than the model's context length ({self.context_len} tokens).")
-        if n + sp.max_new_tokens > self.context_len:
-            raise ValueError(
-                f"Requested token count exceeds the model's maximum context length of {self.context_len} tokens. "
-                f"You requested a total of {n + sp.max_new_tokens} tokens: {n} tokens from the input messages and "
-                f"{sp.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
-                "messages or the completion to fit within the limit.")
+        check_context_length(sp, len(ids), self.context_len)
         if sp.n > MAX_N:
             raise ValueError(f"n must be at most {MAX_N}, got {sp.n}.")
         if self.grammar_validator is not None:

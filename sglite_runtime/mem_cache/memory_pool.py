@@ -80,7 +80,6 @@ class TokenToKVPoolAllocator:
     def clear(self) -> None:
         # Pages 1..num_pages are free; page 0 is the dummy page.
         self.free_pages = torch.arange(1, self.num_pages + 1, dtype=torch.int64, device=self.device)
-        self._free_batch: list[torch.Tensor] | None = None
 
     def available_size(self) -> int:
         return int(self.free_pages.numel()) * self.page_size
@@ -146,22 +145,11 @@ class TokenToKVPoolAllocator:
         callers always free whole pages or a request's whole unaligned tail."""
         if free_index.numel() == 0:
             return
-        if self._free_batch is not None:
-            self._free_batch.append(free_index)
-            return
         if self.page_size == 1:
             self.free_pages = torch.cat((self.free_pages, free_index.to(torch.int64)))
         else:
             pages = torch.unique(free_index.to(torch.int64) // self.page_size)
             self.free_pages = torch.cat((self.free_pages, pages))
-
-    def free_group_begin(self) -> None:
-        self._free_batch = []
-
-    def free_group_end(self) -> None:
-        batch, self._free_batch = self._free_batch, None
-        if batch:
-            self.free(torch.cat(batch))
 
 
 class MHATokenToKVPool:
@@ -196,9 +184,6 @@ class MHATokenToKVPool:
             cache_k, cache_v = cache_k.to(self.dtype), cache_v.to(self.dtype)
         self.k_buffer[layer_id][loc] = cache_k
         self.v_buffer[layer_id][loc] = cache_v
-
-    def bytes_per_token(self) -> int:
-        return 2 * self.layer_num * self.head_num * self.head_dim * self.dtype.itemsize
 
 
 def kv_bytes_per_token(layer_num: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -49,16 +49,9 @@ class ForwardBatch:
     extend_start_loc: torch.Tensor | None = None  # [bs] offset of each request's first new token
     extend_prefix_lens_cpu: list[int] | None = None
     extend_seq_lens_cpu: list[int] | None = None
-    # Which flattened token rows need logits. None → the last token of each request.
-    logits_indices: torch.Tensor | None = None
     # Backend-owned metadata set by attn_backend.init_forward_metadata().
     attn_metadata: Any = field(default=None, repr=False)
 
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[0])
-
-    def last_token_indices(self) -> torch.Tensor:
-        if self.forward_mode.is_decode():
-            return torch.arange(self.batch_size, device=self.input_ids.device)
-        return self.extend_start_loc + self.extend_seq_lens - 1

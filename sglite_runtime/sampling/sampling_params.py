@@ -269,3 +269,23 @@ def _show(v: Any) -> str:
 
 
 _USER_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.init)
+
+
+def check_context_length(sp: SamplingParams, num_tokens: int, context_len: int) -> None:
+    """Fit a request of ``num_tokens`` prompt tokens to the context: ``max_new_tokens=None``
+    becomes whatever room is left; an empty, too long or overflowing request is a ValueError
+    (SGLang's wording, which client libraries match)."""
+    if num_tokens == 0:
+        raise ValueError("The input is empty: send a non-empty prompt.")
+    if num_tokens >= context_len:
+        raise ValueError(f"The input ({num_tokens} tokens) is longer than the model's context length "
+                         f"({context_len} tokens).")
+    if sp.max_new_tokens is None:
+        sp.max_new_tokens = context_len - num_tokens
+    total = num_tokens + sp.max_new_tokens
+    if total > context_len:
+        raise ValueError(
+            f"Requested token count exceeds the model's maximum context length of {context_len} tokens. "
+            f"You requested a total of {total} tokens: {num_tokens} tokens from the input messages and "
+            f"{sp.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
+            "messages or the completion to fit within the limit.")

@@ -46,9 +46,3 @@ def load_chat_template(tokenizer: Any, override: str | None) -> str | None:
             return text
         return override
     return getattr(tokenizer, "chat_template", None)
-
-
-def get_context_length(model_path: str) -> int:
-    with open(os.path.join(model_path, "config.json")) as f:
-        cfg = json.load(f)
-    return int(cfg.get("max_position_embeddings", 2048))
