@@ -11,6 +11,13 @@ Lifecycle (see docs/INTERNALS.md, "Constrained generation"):
    then the backend's ``apply_vocab_mask(logits, mask)`` masks the whole batch at once;
 3. after sampling, ``accept_token(id)`` advances the state on the CPU;
 4. the request finishes when ``is_terminated()``.
+
+Token budget (complete-within-budget guarantee, see ``BaseGrammar.set_token_budget``): the
+scheduler calls ``set_token_budget(max_new_tokens)`` once when the grammar is attached and
+rejects the request (HTTP 400) when ``min_tokens_to_accept()`` already exceeds it.  From then
+on ``fill_vocab_mask`` / ``allowed_token_ids`` allow only tokens after which an accepting state
+is still reachable in the tokens left, and ``is_terminated()`` turns True when the state
+accepts and no token is left, so the output always closes in time (finish reason "stop").
 """
 
 from __future__ import annotations
@@ -67,7 +74,36 @@ def is_invalid(obj: Any) -> bool:
 
 
 class BaseGrammar(abc.ABC):
-    """Per-request matcher state.  Not thread-safe: one request, one scheduler thread."""
+    """Per-request matcher state.  Not thread-safe: one request, one scheduler thread.
+
+    Budget contract (every backend should implement it; the defaults below opt out):
+
+    * ``set_token_budget(n)``: at most ``n`` more tokens may be accepted from the current
+      state (a stop token counts as one).  ``None`` lifts the budget.  The budget goes down
+      with ``accept_token``, back up with ``rollback``, and is kept by ``copy``.
+    * ``min_tokens_to_accept()``: the fewest tokens from the current state to an accepting
+      state (0 when accepting now; the stop token itself is not counted), or None when the
+      backend cannot tell (then no budget guarantee and no up-front 400).
+    * with a budget of ``r`` tokens left, ``fill_vocab_mask`` and ``allowed_token_ids``
+      allow a non-stop token ``t`` only if ``min_tokens_to_accept`` after ``t`` is ``<= r - 1``
+      (and a stop token only in an accepting state);
+    * ``is_terminated()`` is also True when the state accepts and ``r == 0``.
+    """
+
+    def set_token_budget(self, max_tokens: int | None) -> None:
+        """Limit the tokens still to be accepted (see the class docstring).  Default: ignored."""
+
+    def remaining_tokens(self) -> int | None:
+        """Tokens left under the budget, or None when there is no budget."""
+        return None
+
+    def min_tokens_to_accept(self) -> int | None:
+        """Fewest tokens from the current state to an accepting state; None if unknown."""
+        return None
+
+    def is_accepting(self) -> bool:
+        """True when the text so far is a complete match (a stop token is allowed)."""
+        return self.is_terminated()
 
     @abc.abstractmethod
     def accept_token(self, token_id: int) -> bool:
@@ -104,9 +140,29 @@ class BaseGrammarBackend(abc.ABC):
 
     @abc.abstractmethod
     def compile(self, key: GrammarKey) -> Hashable:
-        """Compile ``(kind, spec)`` into a shareable object (slow; runs in a worker thread).
+        """Compile ``(kind, spec)`` into a shareable object (slow; runs in a worker).
 
-        Raises ValueError with a user-facing message if the spec is invalid."""
+        Raises ValueError with a user-facing message if the spec is invalid.  The result
+        may be built in a separate worker PROCESS and pickled back (see grammar_cache.py):
+        keep it picklable, or override ``compile_in_worker``/``finish_compile``."""
+
+    def worker_task(self, key: GrammarKey) -> tuple[str, tuple] | None:
+        """Optional: run the slow part of compiling ``key`` in a killable worker process.
+
+        Returns ``("module:function", args)``.  The GrammarCache runs it in a separate
+        process (``compile_worker.py``, started as a script, memory-capped with RLIMIT_AS,
+        killed at the compile timeout); ``module`` is imported there by name with this
+        directory (``sglite_runtime/constrained/``) first on ``sys.path``, so a torch-free
+        module in this folder is named by its bare file name (e.g. ``"compile_worker:..."``).
+        ``args`` and the function's result must pickle.  The cache then calls
+        ``finish_compile(key, result)`` in the scheduler process.  May raise ValueError
+        (a user-facing rejection).  Default None: ``compile(key)`` runs in a thread instead.
+        """
+        return None
+
+    def finish_compile(self, key: GrammarKey, result: Any) -> Any:
+        """Build the shared compiled object from ``worker_task``'s result (cheap)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def new_grammar(self, compiled: Any) -> BaseGrammar:
