@@ -14,6 +14,7 @@ SHIPPED_MODEL_PATH = os.path.join(os.path.dirname(__file__), "assets", "sglite-t
 class ServerArgs:
     # Model
     model_path: str = SHIPPED_MODEL_PATH
+    revision: str | None = None  # Hub branch, tag or commit of a Hub id --model-path
     tokenizer_path: str | None = None
     served_model_name: str | None = None
     chat_template: str | None = None
@@ -22,6 +23,9 @@ class ServerArgs:
     device: str = "auto"
     trust_remote_code: bool = False
     random_seed: int = 0
+    # "model": generation_config.json's temperature/top_p/top_k/min_p/repetition_penalty are the
+    # defaults of requests that omit them; "openai": the OpenAI defaults (1.0, 1.0, -1, ...).
+    sampling_defaults: str = "model"
     # Network
     host: str = "127.0.0.1"
     port: int = 30000
@@ -76,6 +80,8 @@ class ServerArgs:
             raise ValueError(f"schedule_policy must be 'lpm' or 'fcfs', got {self.schedule_policy!r}")
         if self.jump_forward_mode not in ("token", "string"):
             raise ValueError(f"jump_forward_mode must be 'token' or 'string', got {self.jump_forward_mode!r}")
+        if self.sampling_defaults not in ("model", "openai"):
+            raise ValueError(f"sampling_defaults must be 'model' or 'openai', got {self.sampling_defaults!r}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
 
@@ -101,6 +107,8 @@ class ServerArgs:
                 kwargs["choices"] = ["lpm", "fcfs"]
             if f.name == "jump_forward_mode":
                 kwargs["choices"] = ["token", "string"]
+            if f.name == "sampling_defaults":
+                kwargs["choices"] = ["model", "openai"]
             if f.name == "attention_backend":
                 kwargs["choices"] = ["auto", "torch_native", "triton", "flashinfer"]
             aliases = {"model_path": ["--model"], "tp_size": ["--tp"], "dp_size": ["--dp"]}.get(f.name, [])

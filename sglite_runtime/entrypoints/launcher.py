@@ -73,7 +73,13 @@ def launch_subprocesses(server_args: ServerArgs) -> RuntimeProcesses:
     """
     from sglite_runtime.managers.detokenizer_manager import run_detokenizer_process
     from sglite_runtime.managers.scheduler import run_scheduler_process
+    from sglite_runtime.utils.hf_utils import resolve_model_path
 
+    # A Hub id is downloaded (or found in the cache) here, once, with a progress bar, so a bad id
+    # or an uncached offline model fails before any child starts; children find it cached.
+    resolve_model_path(server_args.model_path, server_args.revision)
+    if server_args.tokenizer_path != server_args.model_path:
+        resolve_model_path(server_args.tokenizer_path, server_args.revision)
     port_args = PortArgs.new()
     ctx = mp.get_context("spawn")
     procs, readers, names = [], [], []

@@ -90,7 +90,7 @@ def run_detokenizer_process(server_args: Any, port_args: Any, pipe_writer: Any) 
 
     configure_child_process(server_args, "detokenizer")
     try:
-        manager = DetokenizerManager(get_tokenizer(server_args.tokenizer_path))
+        manager = DetokenizerManager(get_tokenizer(server_args.tokenizer_path, server_args.revision))
         ctx = zmq.Context(2)
         recv = ctx.socket(zmq.PULL)
         recv.bind(port_args.detokenizer_ipc)

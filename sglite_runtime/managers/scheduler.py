@@ -64,8 +64,8 @@ class Scheduler(SchedulerOutputMixin):
 
         from sglite_runtime.utils.hf_utils import get_eos_token_ids, get_tokenizer
 
-        self.tokenizer = get_tokenizer(server_args.tokenizer_path)
-        self.eos_token_ids = get_eos_token_ids(server_args.model_path, self.tokenizer)
+        self.tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.revision)
+        self.eos_token_ids = get_eos_token_ids(server_args.model_path, self.tokenizer, server_args.revision)
         self.sampler = self._make_sampler()
         self.grammar_manager = self._make_grammar_manager()
 

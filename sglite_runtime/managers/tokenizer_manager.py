@@ -32,7 +32,7 @@ from sglite_runtime.managers.io_struct import (
 )
 from sglite_runtime.sampling.sampling_params import SamplingParams, check_context_length
 from sglite_runtime.server_args import ServerArgs
-from sglite_runtime.utils.hf_utils import get_tokenizer, load_chat_template
+from sglite_runtime.utils.hf_utils import get_tokenizer, load_chat_template, sampling_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,13 @@ class ReqState:
 class TokenizerManager:
     def __init__(self, server_args: ServerArgs, port_args: Any, context_len: int, vocab_size: int):
         self.server_args = server_args
-        self.tokenizer = get_tokenizer(server_args.tokenizer_path)
+        self.tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.revision)
+        # Request fields left unset take the model's generation_config.json values (SGLang's
+        # --sampling-defaults model); explicit request values always win.
+        self.sampling_defaults = (
+            sampling_defaults(server_args.model_path, server_args.revision)
+            if server_args.sampling_defaults == "model" else {}
+        )
         self.chat_template = load_chat_template(self.tokenizer, server_args.chat_template)
         if server_args.chat_template:
             self.tokenizer.chat_template = self.chat_template
@@ -163,7 +169,11 @@ class TokenizerManager:
     def validate(self, ids: list[int], sp_dict: dict | None) -> SamplingParams:
         if sp_dict is not None and not isinstance(sp_dict, dict):
             raise ValueError("sampling_params must be a JSON object.")
-        sp = SamplingParams.from_dict(dict(sp_dict or {}))
+        merged = dict(sp_dict or {})
+        for key, value in self.sampling_defaults.items():
+            if merged.get(key) is None:
+                merged[key] = value
+        sp = SamplingParams.from_dict(merged)
         sp.normalize(self.tokenizer)
         sp.verify(self.vocab_size)
         check_context_length(sp, len(ids), self.context_len)

@@ -41,7 +41,8 @@ class ModelRunner:
         from sglite_runtime.models.loader import load_model
 
         self.model, self.hf_config = load_model(
-            server_args.model_path, dtype=_resolve_dtype(server_args.dtype, None), device=self.device
+            server_args.model_path, dtype=_resolve_dtype(server_args.dtype, None), device=self.device,
+            revision=server_args.revision,
         )
         self.model.eval()
         if self.device == "cpu":

@@ -130,9 +130,13 @@ def resolve_dtype(hf_config: Any, dtype: torch.dtype | str | None = None) -> tor
 
 
 def load_model(
-    model_path: str, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
+    model_path: str,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
 ) -> tuple[nn.Module, Any]:
-    """Build the sglite model for ``model_path`` on ``device`` and load its weights.
+    """Build the sglite model for ``model_path`` (a folder or a Hub id) on ``device`` and load
+    its weights, cast to ``dtype`` (default: the config's) whatever dtype the checkpoint stores.
 
     Parameters are allocated uninitialized (``torch.empty``) directly on ``device``, so
     building costs no init time and no second copy; the loader then fills every one of them.
@@ -141,8 +145,10 @@ def load_model(
     from transformers import AutoConfig
 
     from sglite_runtime.models.registry import get_model_class
+    from sglite_runtime.utils.hf_utils import resolve_model_path
 
-    hf_config = AutoConfig.from_pretrained(model_path)
+    model_path = resolve_model_path(model_path, revision)
+    hf_config = AutoConfig.from_pretrained(model_path, local_files_only=True)
     model_dtype = resolve_dtype(hf_config, dtype)
     cls = get_model_class(hf_config)
     with torch.device(device):
