@@ -20,6 +20,7 @@ import outlines_core
 import torch
 
 from sglite_runtime.constrained.base import MASK_BITS, BaseGrammar, BaseGrammarBackend, GrammarKey
+from sglite_runtime.constrained.compile_worker import UNREACHABLE, build_outlines_index, token_distances
 from sglite_runtime.constrained.specs import (
     DEFAULT_JSON_OBJECT_DEPTH,
     DEFAULT_WHITESPACE,
@@ -93,7 +94,14 @@ class CompiledIndex:
     Shared across requests; caches are filled from the scheduler thread only, and a dict
     assignment is atomic under the GIL, so no lock is needed."""
 
-    def __init__(self, key: GrammarKey, regex: str, index: outlines_core.Index, backend: "OutlinesGrammarBackend"):
+    def __init__(
+        self,
+        key: GrammarKey,
+        regex: str,
+        index: outlines_core.Index,
+        backend: "OutlinesGrammarBackend",
+        distances: dict[int, int] | None = None,
+    ):
         self.key = key
         self.regex = regex
         self.index = index
@@ -112,6 +120,54 @@ class CompiledIndex:
         self._extra_stops = pack_token_ids_np(self.stop_ids[1:], self.vocab_size) if len(self.stop_ids) > 1 else None
         #: state -> (forced byte, state after it) or None; filled by jump_forward.py.
         self.forced_step: dict[int, tuple[int, int] | None] = {}
+        #: state -> fewest tokens to an accepting state (the budget guarantee's table).
+        self.distances: dict[int, int] = token_distances(index) if distances is None else distances
+        self.max_distance: int = max(self.distances.values(), default=0)
+        # state -> (non-stop allowed ids, the distance after each), sorted by distance.
+        self._successors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._budget_rows: dict[tuple[int, int], tuple[np.ndarray, tuple[int, ...]] | None] = {}
+
+    # -- token budget ------------------------------------------------------------------
+    def distance(self, state: int) -> int:
+        """Fewest tokens from ``state`` to acceptance (UNREACHABLE if none)."""
+        return self.distances.get(state, UNREACHABLE)
+
+    def successors(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+        got = self._successors.get(state)
+        if got is None:
+            index, dist = self.index, self.distances
+            toks = [t for t in index.get_allowed_tokens(state) if t not in self._stop_set]
+            after = np.fromiter((dist.get(index.get_next_state(state, t), UNREACHABLE) for t in toks),
+                                dtype=np.int64, count=len(toks))
+            order = np.argsort(after, kind="stable")
+            got = (np.asarray(toks, dtype=np.int64)[order], after[order])
+            self._successors[state] = got
+        return got
+
+    def budget_limited(self, state: int, limit: int) -> tuple[np.ndarray, tuple[int, ...]] | None:
+        """(mask row, allowed ids) of ``state`` when every non-stop token must leave at most
+        ``limit`` tokens to acceptance; None when the limit removes nothing."""
+        if limit >= self.max_distance:
+            return None  # every reachable state is close enough
+        key = (state, limit)
+        if key in self._budget_rows:
+            return self._budget_rows[key]
+        toks, after = self.successors(state)
+        n = int(np.searchsorted(after, limit, side="right"))
+        if n == len(toks):
+            got = None
+        else:
+            if n == 0 and not self.index.is_final_state(state) and len(toks):
+                # Only when the budget was already broken (e.g. a budget set too late):
+                # the closest tokens still make the best progress.
+                n = int(np.searchsorted(after, after[0], side="right"))
+            ids = [int(t) for t in toks[:n]]
+            if self.index.is_final_state(state):
+                ids.extend(self.stop_ids)
+            ids = ids or list(self.stop_ids)
+            got = (pack_token_ids_np(ids, self.vocab_size), tuple(ids))
+        self._budget_rows[key] = got
+        return got
 
     def allowed(self, state: int) -> tuple[int, ...]:
         """Allowed token ids at ``state``: the Index's, with every stop id when accepting."""
@@ -177,7 +233,7 @@ class OutlinesGrammar(BaseGrammar):
     number of allowed tokens, not the vocabulary) and the row is then cached on the shared
     CompiledIndex, so later visits by any request are a ~0.5 us row copy."""
 
-    __slots__ = ("compiled", "guide", "max_rollback", "_terminated", "_history")
+    __slots__ = ("compiled", "guide", "max_rollback", "_terminated", "_history", "_budget")
 
     def __init__(self, compiled: CompiledIndex, max_rollback: int = DEFAULT_MAX_ROLLBACK):
         self.compiled = compiled
@@ -187,6 +243,29 @@ class OutlinesGrammar(BaseGrammar):
         # Every accepted token (None: a stop token, which does not move the Guide).  Lets a
         # copy or a rollback deeper than the Guide's own buffer rebuild the Guide by replay.
         self._history: list[int | None] = []
+        # Most tokens the history may hold (None: no budget); see BaseGrammar.
+        self._budget: int | None = None
+
+    # -- token budget ---------------------------------------------------------------------
+    def set_token_budget(self, max_tokens: int | None) -> None:
+        self._budget = None if max_tokens is None else len(self._history) + max(int(max_tokens), 0)
+
+    def remaining_tokens(self) -> int | None:
+        return None if self._budget is None else self._budget - len(self._history)
+
+    def min_tokens_to_accept(self) -> int:
+        return 0 if self._terminated else self.compiled.distance(self.guide.get_state())
+
+    def _limited(self) -> tuple[np.ndarray, tuple[int, ...]] | None:
+        """The budget-limited row/ids of the current state, or None when unrestricted."""
+        if self._budget is None:
+            return None
+        remaining = self._budget - len(self._history)
+        state = self.guide.get_state()
+        if remaining <= 0:
+            row = self.compiled.stop_row
+            return row, tuple(self.compiled.stop_ids)
+        return self.compiled.budget_limited(state, remaining - 1)
 
     @property
     def state(self) -> int:
@@ -243,6 +322,10 @@ class OutlinesGrammar(BaseGrammar):
         if self._terminated:
             write_row(vocab_mask, idx, compiled.stop_row)
             return
+        limited = self._limited()
+        if limited is not None:
+            write_row(vocab_mask, idx, limited[0])
+            return
         state = self.guide.get_state()
         row = compiled.cached_row(state)
         view = mask_array(vocab_mask) if row is None else None
@@ -255,10 +338,19 @@ class OutlinesGrammar(BaseGrammar):
     def allowed_token_ids(self) -> list[int]:
         if self._terminated:
             return []
+        limited = self._limited()
+        if limited is not None:
+            return list(limited[1])
         return list(self.compiled.allowed(self.guide.get_state()))
 
     def is_terminated(self) -> bool:
-        return self._terminated or self.compiled.only_stop(self.guide.get_state())
+        if self._terminated:
+            return True
+        state = self.guide.get_state()
+        if self._budget is not None and len(self._history) >= self._budget:
+            # Out of tokens: a complete match ends here as a "stop", not a truncation.
+            return self.compiled.index.is_final_state(state)
+        return self.compiled.only_stop(state)
 
     def is_accepting(self) -> bool:
         """True when the text so far is a complete match (a stop token is allowed)."""
@@ -272,6 +364,7 @@ class OutlinesGrammar(BaseGrammar):
             dup._history = list(self._history)
             dup._terminated = self._terminated
             dup._replay()
+        dup._budget = self._budget
         return dup
 
     def jump_forward_str(self) -> tuple[bytes, int] | None:
@@ -332,13 +425,21 @@ class OutlinesGrammarBackend(BaseGrammarBackend):
         validate_spec(kind, spec, self.whitespace_pattern)
 
     def compile(self, key: GrammarKey) -> CompiledIndex:
-        kind, spec = key
-        regex = self.to_regex(kind, spec)
+        """In-process compile (tests, TP ranks); the server uses ``worker_task``."""
+        target, args = self.worker_task(key)
         try:
-            index = outlines_core.Index(regex, self.vocabulary)
-        except Exception as exc:  # outlines raises ValueError for syntax and vocabulary gaps
-            raise ValueError(f"cannot compile {kind} constraint: {str(exc).splitlines()[0]}") from None
-        return CompiledIndex(key, regex, index, self)
+            result = build_outlines_index(*args)
+        except ValueError as exc:
+            raise ValueError(f"cannot compile {key[0]} constraint: {exc}") from None
+        return self.finish_compile(key, result)
+
+    def worker_task(self, key: GrammarKey) -> tuple[str, tuple]:
+        """Index build (and distances) for a worker process: ``(regex, vocabulary)``."""
+        return "compile_worker:build_outlines_index", (self.to_regex(*key), self.vocabulary)
+
+    def finish_compile(self, key: GrammarKey, result: Any) -> CompiledIndex:
+        regex, index, distances = result
+        return CompiledIndex(key, regex, index, self, distances)
 
     def new_grammar(self, compiled: CompiledIndex) -> OutlinesGrammar:
         return OutlinesGrammar(compiled, self.max_rollback)

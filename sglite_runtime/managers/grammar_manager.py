@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from sglite_runtime.constrained.backend_router import RoutedGrammarBackend, validate_constraint
 from sglite_runtime.constrained.base import is_invalid
+from sglite_runtime.constrained.compile_worker import UNREACHABLE
 from sglite_runtime.constrained.grammar_cache import GrammarCache, make_key
-from sglite_runtime.constrained.outlines_backend import OutlinesGrammarBackend
-from sglite_runtime.constrained.specs import validate_spec
 
 if TYPE_CHECKING:
     from sglite_runtime.managers.schedule_batch import Req
@@ -45,6 +45,8 @@ def grammar_key(sp: Any) -> tuple[str, str] | None:
         return ("json", spec)
     if sp.choices is not None:
         return ("choices", json.dumps(list(sp.choices)))
+    if getattr(sp, "ebnf", None) is not None:
+        return ("ebnf", sp.ebnf)
     return None
 
 
@@ -53,16 +55,48 @@ def validate_sampling_params(sp: Any) -> None:
     key = grammar_key(sp)
     if key is not None:
         try:
-            validate_spec(*key)
+            validate_constraint(*key)
         except ValueError as e:
             raise ValueError(f"Invalid {'JSON schema' if key[0] == 'json' else key[0]}: {e}") from None
+
+
+def apply_token_budget(grammar: Any, max_new_tokens: int | None) -> str | None:
+    """Give ``grammar`` the request's token budget; the 400 message when the shortest
+    valid output cannot fit (None when it fits or the backend cannot tell)."""
+    if max_new_tokens is None:
+        return None
+    grammar.set_token_budget(max_new_tokens)
+    need = grammar.min_tokens_to_accept()
+    if need is None or need <= max_new_tokens:
+        return None
+    if need >= UNREACHABLE:
+        return "Invalid grammar: no complete output can be spelled with this model's vocabulary"
+    return (f"max_new_tokens={max_new_tokens} is too small for this constraint: its shortest valid "
+            f"output takes {need} tokens; set max_new_tokens (max_tokens) to at least {need}")
+
+
+def within_budget(grammar: Any, tokens: list[int]) -> list[int]:
+    """The longest prefix of ``tokens`` after which acceptance stays reachable in budget
+    (a re-spelled forced string may take more tokens than the shortest way)."""
+    if grammar.remaining_tokens() is None:
+        return tokens
+    g = grammar.copy()
+    for n, tok in enumerate(tokens):
+        if not g.accept_token(tok):
+            return tokens[:n]
+        need, left = g.min_tokens_to_accept(), g.remaining_tokens()
+        if need is not None and left is not None and need > left:
+            return tokens[:n]
+    return tokens
 
 
 class GrammarManager:
     def __init__(self, scheduler: "Scheduler"):
         self.scheduler = scheduler
-        backend = OutlinesGrammarBackend(
-            scheduler.tokenizer, vocab_size=scheduler.vocab_size, eos_token_ids=sorted(scheduler.eos_token_ids))
+        # --grammar-backend: outlines-core for regex/JSON/choices, xgrammar for EBNF and
+        # json_object (or xgrammar for everything); see backend_router.py.
+        backend = RoutedGrammarBackend(scheduler.server_args.grammar_backend, scheduler.tokenizer,
+                                       vocab_size=scheduler.vocab_size, eos_token_ids=sorted(scheduler.eos_token_ids))
         self.backend = backend
         self.cache = GrammarCache(backend)
         self.queue: list[tuple["Req", Any]] = []
@@ -95,6 +129,10 @@ class GrammarManager:
         if grammar is None or is_invalid(grammar):
             msg = getattr(grammar, "error", None) or "grammar compilation failed"
             self.scheduler.reject_req(req, f"Invalid grammar: {msg}")
+            return False
+        error = apply_token_budget(grammar, req.sampling_params.max_new_tokens)
+        if error is not None:
+            self.scheduler.reject_req(req, error)
             return False
         req.grammar = grammar
         return True
@@ -159,7 +197,8 @@ class GrammarManager:
             return []
         if self.string_mode:
             try:  # the forced bytes, spelled in tokens each checked against the grammar
-                return list(req.grammar.try_jump_forward(self.scheduler.tokenizer) or [])[:MAX_JUMP_TOKENS]
+                forced = list(req.grammar.try_jump_forward(self.scheduler.tokenizer) or [])[:MAX_JUMP_TOKENS]
+                return within_budget(req.grammar, forced)
             except Exception:
                 logger.exception("jump-forward failed for %s", req.rid)
                 return []

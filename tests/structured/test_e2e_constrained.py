@@ -6,9 +6,10 @@ greedy and seeded-sampled, with each suite submitted as one batch. Around that: 
 batches, invalid grammars, aborts, retraction under memory pressure and jump-forward.
 
 A constraint with an unbounded repetition (``[a-z]+``, an unbounded number) lets a model
-loop forever, so a few requests may finish by ``length``. Those cannot be checked with
-``re.fullmatch``/``jsonschema``; they are checked token by token to be a legal *prefix*
-(a fresh grammar accepts every token), and their share is bounded.
+loop, but the token budget closes every output in time (issue 14): every request of the
+suites must finish by ``stop`` with a valid output, also with ``max_new_tokens`` set to
+the grammar's minimum.  Tests that abort or cut requests on purpose still check their
+``length``-finished outputs token by token to be a legal *prefix*.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ GREEDY = {"temperature": 0}
 SAMPLED = {"temperature": 1.0, "top_p": 0.95, "seed": 1234}
 # Long enough that every bounded constraint of the suites finishes; only unbounded loops hit it.
 MAX_NEW = 256
-# Least share of a suite's requests that must finish by "stop" (measured: 83-100% per run;
-# the rest are a random or greedy model looping in an unbounded repetition).
-MIN_STOP_SHARE = 0.8
+# Share of a suite's requests that must finish by "stop": all of them, since the token
+# budget forces even a looping model to close its output in time.
+MIN_STOP_SHARE = 1.0
 
 
 @dataclass
@@ -139,6 +140,43 @@ def test_suite_outputs_valid(model, suite, sampling, tok, request):
     res = run_cases(s, prompt, cases)
     stats = verify(s, tok, cases, res)
     request.node.user_properties.append(("stats", stats))
+
+
+# ---- complete within budget: max_new_tokens = the grammar's minimum, and a little more -------------
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("model", ["shipped_model_path", "tiny_llama_path"])
+def test_suites_close_at_the_minimum_budget(model, sampling, tok, request):
+    s = make_scheduler(request.getfixturevalue(model))
+    backend = s.grammar_manager.backend
+    prompt = chat_prompt(tok, "Give me a JSON record.")
+    cases = regex_cases(sampling) + schema_cases(sampling)
+    budgets = {}
+    for extra in (0, 2):
+        for c in cases:
+            need = backend.new_grammar(backend.compile(make_key(*c.key))).min_tokens_to_accept()
+            rid = f"{c.rid}+{extra}"
+            budgets[rid] = need + extra
+            submit(s, rid, prompt, {**c.sampling, "max_new_tokens": need + extra})
+    res = run_all(s)
+    for extra in (0, 2):
+        for c in cases:
+            r = res[f"{c.rid}+{extra}"]
+            assert r.finish_reason["type"] == "stop", (c.key, extra, r.finish_reason)
+            ids = [t for t in r.output_ids if t not in s.eos_token_ids]
+            assert len(r.output_ids) <= budgets[f"{c.rid}+{extra}"]
+            c.check(tok.decode(ids))
+
+
+def test_budget_below_minimum_rejected_with_400(shipped_model_path, tok):
+    s = make_scheduler(shipped_model_path)
+    prompt = chat_prompt(tok, "Give me a JSON record.")
+    schema = SCHEMA_SUITE[11]
+    submit(s, "small", prompt, {"max_new_tokens": 3, "json_schema": json.dumps(schema)})
+    res = run_all(s)
+    reason = res["small"].finish_reason
+    assert reason["type"] == "abort" and reason["status_code"] == 400, reason
+    assert "max_new_tokens=3" in reason["message"] and "at least" in reason["message"], reason
+    assert res["small"].output_ids == []
 
 
 # ---- mixing constrained and unconstrained rows ---------------------------------------------------

@@ -1,0 +1,97 @@
+"""Grammar compile worker: builds outlines-core Indexes in a separate, killable process.
+
+Torch-free on purpose: the GrammarCache starts this file as a script
+(``python compile_worker.py <in_fd> <out_fd> <mem_bytes>``), so a worker costs tens of MB
+and starts in well under a second, and ``RLIMIT_AS`` can cap its address space without
+tripping over torch's large virtual mappings.
+
+Protocol (``multiprocessing.connection.Connection`` over two pipes, pickled tuples):
+request ``("module:function", args)`` -> reply ``("ok", result)`` or ``("error", message)``.
+A compile that runs out of memory kills the worker (Rust aborts on allocation failure) or
+raises MemoryError; either way only this worker dies, and the cache starts a new one.
+
+``token_distances`` is also imported by the in-process backend: the fewest tokens from
+each Index state to an accepting state (reverse breadth-first search), the table behind
+the complete-within-budget guarantee.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+#: Distance of a state from which no accepting state can be reached with the vocabulary.
+UNREACHABLE = 2**31 - 1
+
+
+def token_distances(index: Any) -> dict[int, int]:
+    """``{state: fewest tokens to an accepting state}`` over an outlines-core Index.
+
+    Every transition costs one token; accepting states are 0.  States that cannot reach
+    acceptance are absent (callers read them as UNREACHABLE)."""
+    transitions = index.get_transitions()
+    reverse: dict[int, list[int]] = {}
+    for state, edges in transitions.items():
+        for nxt in set(edges.values()):
+            if nxt != state:
+                reverse.setdefault(nxt, []).append(state)
+    dist = {s: 0 for s in index.get_final_states()}
+    frontier = list(dist)
+    while frontier:
+        nxt_frontier = []
+        for s in frontier:
+            d = dist[s] + 1
+            for prev in reverse.get(s, ()):
+                if prev not in dist:
+                    dist[prev] = d
+                    nxt_frontier.append(prev)
+        frontier = nxt_frontier
+    return dist
+
+
+def build_outlines_index(regex: str, vocabulary: Any) -> tuple[str, Any, dict[int, int]]:
+    """``(regex, its outlines-core Index, the Index's token_distances)``."""
+    import outlines_core
+
+    try:
+        index = outlines_core.Index(regex, vocabulary)
+    except Exception as exc:  # outlines raises ValueError for syntax and vocabulary gaps
+        raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    return regex, index, token_distances(index)
+
+
+def _call(target: str, args: tuple) -> Any:
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)(*args)
+
+
+def main(argv: list[str]) -> None:
+    """Serve compile requests until the parent closes the pipe."""
+    import resource
+    from multiprocessing.connection import Connection
+
+    conn_in, conn_out, mem = Connection(int(argv[1])), Connection(int(argv[2])), int(argv[3])
+    if mem > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    while True:
+        try:
+            target, args = conn_in.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple = ("ok", _call(target, args))
+        except ValueError as exc:
+            reply = ("error", str(exc))
+        except MemoryError:
+            reply = ("error", "out of memory")
+        except Exception as exc:  # report, never die on a compiler bug
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        try:
+            conn_out.send(reply)
+        except MemoryError:
+            conn_out.send(("error", "out of memory"))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
