@@ -29,7 +29,7 @@ import torch
 
 #: Kinds of constraint a request may carry.  ``json_object`` is OpenAI's
 #: ``response_format={"type": "json_object"}`` (any JSON object, bounded depth).
-GRAMMAR_KINDS: tuple[str, ...] = ("regex", "json", "json_object", "choices")
+GRAMMAR_KINDS: tuple[str, ...] = ("regex", "json", "json_object", "choices", "ebnf")
 
 #: Longest spec accepted (characters of the regex / serialized schema).  Compilation cost
 #: grows with the spec, and an unbounded one is a denial-of-service vector.
