@@ -54,6 +54,12 @@ class ServerArgs:
     # decoding). "string": skip the whole forced string, re-tokenized (far more skipped, valid
     # output, but its token split may differ from what decoding would have chosen).
     jump_forward_mode: str = "token"
+    # Regex of the whitespace allowed between JSON tokens of json_schema outputs. None: at most
+    # one space (bounded, so a weak model cannot loop on whitespace); "[\n\t ]*" restores
+    # outlines' unbounded default.
+    constrained_json_whitespace_pattern: str | None = None
+    # Seconds one grammar compile may run (in a killable worker process) before it fails.
+    grammar_compile_timeout: float = 30.0
     # Parallelism
     tp_size: int = 1
     dp_size: int = 1
@@ -82,6 +88,15 @@ class ServerArgs:
             raise ValueError(f"jump_forward_mode must be 'token' or 'string', got {self.jump_forward_mode!r}")
         if self.sampling_defaults not in ("model", "openai"):
             raise ValueError(f"sampling_defaults must be 'model' or 'openai', got {self.sampling_defaults!r}")
+        if not self.grammar_compile_timeout > 0:
+            raise ValueError(f"grammar_compile_timeout must be > 0 seconds, got {self.grammar_compile_timeout}")
+        if self.constrained_json_whitespace_pattern is not None:
+            import re
+
+            try:
+                re.compile(self.constrained_json_whitespace_pattern)
+            except re.error as exc:
+                raise ValueError(f"constrained_json_whitespace_pattern is not a valid regex: {exc}") from None
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
 

@@ -95,8 +95,10 @@ class GrammarManager:
         self.scheduler = scheduler
         # --grammar-backend: outlines-core for regex/JSON/choices, xgrammar for EBNF and
         # json_object (or xgrammar for everything); see backend_router.py.
-        backend = RoutedGrammarBackend(scheduler.server_args.grammar_backend, scheduler.tokenizer,
-                                       vocab_size=scheduler.vocab_size, eos_token_ids=sorted(scheduler.eos_token_ids))
+        args = scheduler.server_args
+        backend = RoutedGrammarBackend(args.grammar_backend, scheduler.tokenizer,
+                                       vocab_size=scheduler.vocab_size, eos_token_ids=sorted(scheduler.eos_token_ids),
+                                       whitespace_pattern=args.constrained_json_whitespace_pattern)
         self.backend = backend
         self.cache = GrammarCache(backend)
         self.queue: list[tuple["Req", Any]] = []
