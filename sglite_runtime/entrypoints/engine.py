@@ -13,33 +13,50 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import threading
 from typing import Any, AsyncIterator, Iterator
 
+from sglite_runtime.entrypoints.engine_calls import EngineDeadError, check_outputs, submit, wait_async, wait_sync
 from sglite_runtime.entrypoints.launcher import RuntimeProcesses, launch_subprocesses
-from sglite_runtime.entrypoints.process_utils import setup_logging
+from sglite_runtime.entrypoints.process_utils import LOG_LEVEL_ENV, set_log_level, validate_model_path
 from sglite_runtime.managers.tokenizer_manager import GenerateReqInput, TokenizerManager
 from sglite_runtime.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["Engine", "EngineDeadError"]
 
 
 class Engine:
     """An offline LLM engine. Keyword arguments are ServerArgs fields (SGLang's names).
 
     Args:
-        model_path: a local HF model folder; the shipped ``sglite-tiny`` when None.
-        log_level: logging level of the engine's processes ("error" keeps notebooks quiet).
+        model_path: a local HF model folder (or a Hub id); the shipped ``sglite-tiny`` when None.
+        log_level: how much sglite logs: the level of the engine's worker processes and of the
+            ``sglite``/``sglite_runtime`` loggers in this process (default: the
+            ``SGLITE_LOG_LEVEL`` environment variable, else ``"warning"``). The engine never
+            touches the root logger or your handlers.
         **kwargs: any other ServerArgs field, e.g. ``max_total_tokens=4096``,
             ``disable_radix_cache=True``, ``chunked_prefill_size=256``.
+
+    Every call raises :class:`EngineDeadError` at once after :meth:`shutdown`, and within a
+    second or so when a worker process dies (mid-call too). Ctrl-C (KeyboardInterrupt),
+    leaving a stream early, or cancelling an ``await`` aborts exactly that call's requests.
     """
 
-    def __init__(self, model_path: str | None = None, log_level: str = "error", **kwargs: Any):
+    def __init__(self, model_path: str | None = None, log_level: str | None = None, **kwargs: Any):
+        self._procs: RuntimeProcesses | None = None  # so shutdown()/__del__ work if __init__ fails
+        self._dead: str | None = None
         if model_path is not None:
+            validate_model_path(model_path)
             kwargs["model_path"] = model_path
+        explicit = log_level or os.environ.get(LOG_LEVEL_ENV)
+        log_level = (explicit or "warning").lower()
+        if explicit:
+            set_log_level(log_level)
         self.server_args = ServerArgs(log_level=log_level, **kwargs)
-        setup_logging(log_level)
-        self._procs: RuntimeProcesses | None = launch_subprocesses(self.server_args)
+        self._procs = launch_subprocesses(self.server_args)
         ready = self._procs.ready
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="sglite-engine-loop", daemon=True)
@@ -53,8 +70,36 @@ class Engine:
         tm.start()
         return tm
 
+    # ---- calls into the engine loop: fail fast when dead, abort on Ctrl-C ---------------------------
+    def _alive_reason(self) -> str | None:
+        """None while usable, else why not (and the engine is then marked dead)."""
+        if self._dead is not None:
+            return self._dead
+        if self._procs is None:
+            return "this sglite.Engine has been shut down; create a new Engine"
+        dead = self._procs.dead_children()
+        if dead:
+            codes = ", ".join(f"{p.name} (exit code {p.exitcode})" for p in self._procs.procs if not p.is_alive())
+            self._dead = f"the sglite.Engine's worker process died: {codes}; create a new Engine"
+            logger.error("%s", self._dead)
+            threading.Thread(target=self.shutdown, name="sglite-engine-reaper", daemon=True).start()
+            return self._dead
+        return None
+
+    def _check(self, coro: Any = None) -> None:
+        reason = self._alive_reason()
+        if reason is not None:
+            if coro is not None:
+                coro.close()  # never started: no "was never awaited" warning
+            raise EngineDeadError(reason)
+
     def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        self._check(coro)
+        return wait_sync(submit(coro, self.loop), self._alive_reason)
+
+    async def _await(self, coro: Any) -> Any:
+        self._check(coro)
+        return await wait_async(submit(coro, self.loop), self._alive_reason)
 
     # ---- generation ---------------------------------------------------------------------------
     @staticmethod
@@ -86,6 +131,7 @@ class Engine:
         """
         obj = self._make_input(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
                                top_logprobs_num, stream, rid, return_text_in_logprobs)
+        self._check()
         if stream:
             return self._sync_stream(obj)
         return self._run(self._collect(obj))
@@ -94,10 +140,14 @@ class Engine:
         out = None
         async for out in self.tokenizer_manager.generate_request(obj):
             pass
-        return out
+        return check_outputs(out)
 
     def _sync_stream(self, obj: GenerateReqInput) -> Iterator[dict]:
-        agen = _incremental(self.tokenizer_manager.generate_request(obj))
+        return self._sync_iter(_incremental(self.tokenizer_manager.generate_request(obj)))
+
+    def _sync_iter(self, agen: AsyncIterator[dict]) -> Iterator[dict]:
+        # Leaving the loop early (break, an exception, Ctrl-C) closes the generator on the engine
+        # loop, which aborts the requests that are still running.
         try:
             while True:
                 try:
@@ -105,7 +155,8 @@ class Engine:
                 except StopAsyncIteration:
                     return
         finally:
-            self._run(agen.aclose())
+            if self._alive_reason() is None:
+                self._run(agen.aclose())
 
     async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, return_logprob=False,
                              logprob_start_len=None, top_logprobs_num=None, stream=False, rid=None,
@@ -113,18 +164,22 @@ class Engine:
         """Like ``generate`` from asyncio code; with ``stream=True`` returns an async iterator."""
         obj = self._make_input(prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
                                top_logprobs_num, stream, rid, return_text_in_logprobs)
+        self._check()
         if stream:
             return self._async_stream(obj)
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._collect(obj), self.loop))
+        return await self._await(self._collect(obj))
 
     async def _async_stream(self, obj: GenerateReqInput) -> AsyncIterator[dict]:
         agen = _incremental(self.tokenizer_manager.generate_request(obj))
-        while True:
-            fut = asyncio.run_coroutine_threadsafe(agen.__anext__(), self.loop)
-            try:
-                yield await asyncio.wrap_future(fut)
-            except StopAsyncIteration:
-                return
+        try:
+            while True:
+                try:
+                    yield await self._await(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if self._alive_reason() is None:
+                await self._await(agen.aclose())
 
     # ---- compiled programs ----------------------------------------------------------------------
     def run_program(self, graph_dict: dict | list[dict], sampling_params: dict | None = None,
@@ -137,25 +192,19 @@ class Engine:
         """
         from sglite_runtime.managers.program_executor import ProgramExecutor
 
+        self._check()
         if getattr(self, "_program_executor", None) is None:
             self._program_executor = ProgramExecutor(self.tokenizer_manager)
         ex = self._program_executor
         if isinstance(graph_dict, list):
             return self._run(ex.run_batch(graph_dict, sampling_params))
-        ex.validate(graph_dict, sampling_params)
+        try:
+            ex.validate(graph_dict, sampling_params)
+        except ValueError as e:
+            raise e.with_traceback(None) from None  # the message says it all; the frames are noise
         if not stream:
             return self._run(ex.collect(graph_dict, sampling_params))
-        return self._sync_events(ex.run(graph_dict, sampling_params, stream=True))
-
-    def _sync_events(self, agen: AsyncIterator[dict]) -> Iterator[dict]:
-        try:
-            while True:
-                try:
-                    yield self._run(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._run(agen.aclose())
+        return self._sync_iter(ex.run(graph_dict, sampling_params, stream=True))
 
     # ---- control --------------------------------------------------------------------------------
     def flush_cache(self) -> bool:
@@ -167,23 +216,26 @@ class Engine:
         return self.tokenizer_manager.server_args_dict() | {"internal_states": [state], "version": "0.1.0"}
 
     def get_model_info(self) -> dict:
+        self._check()
         return self.tokenizer_manager.model_info()
 
     def abort_request(self, rid: str = "", abort_all: bool = False) -> None:
+        self._check()
         self.loop.call_soon_threadsafe(self.tokenizer_manager.abort_request, rid, abort_all)
 
     def shutdown(self) -> None:
-        """Stop the engine's processes. Safe to call twice."""
+        """Stop the engine's processes. Safe to call twice; later calls raise EngineDeadError."""
         procs, self._procs = self._procs, None
         if procs is None:
             return
         procs.shutdown()
-        try:
-            self._run(self.tokenizer_manager.close())
-        except Exception:  # the loop may already be gone at interpreter exit
-            pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
+        if not self.loop.is_closed() and self._thread.is_alive():
+            try:
+                submit(self.tokenizer_manager.close(), self.loop).future.result(5)
+            except Exception:  # the loop may already be gone at interpreter exit
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
 
     def __enter__(self) -> "Engine":
         return self
@@ -202,8 +254,12 @@ async def _incremental(agen: AsyncIterator[dict]) -> AsyncIterator[dict]:
     """Turn cumulative stream chunks into deltas (text and output_ids), per batch index."""
     sent_text: dict[int, int] = {}
     sent_ids: dict[int, int] = {}
-    async for chunk in agen:
-        i = chunk.get("index", 0)
-        text, ids = chunk["text"], chunk["output_ids"]
-        yield {**chunk, "text": text[sent_text.get(i, 0):], "output_ids": ids[sent_ids.get(i, 0):]}
-        sent_text[i], sent_ids[i] = len(text), len(ids)
+    try:
+        async for chunk in agen:
+            check_outputs(chunk)
+            i = chunk.get("index", 0)
+            text, ids = chunk["text"], chunk["output_ids"]
+            yield {**chunk, "text": text[sent_text.get(i, 0):], "output_ids": ids[sent_ids.get(i, 0):]}
+            sent_text[i], sent_ids[i] = len(text), len(ids)
+    finally:
+        await agen.aclose()  # aborts what is still running (the caller left early)

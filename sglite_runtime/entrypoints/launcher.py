@@ -118,12 +118,35 @@ def launch_subprocesses(server_args: ServerArgs) -> RuntimeProcesses:
 
 
 # ---- launching the HTTP server as a subprocess (Python API) -------------------------------------------
+# The server polls this pid and stops itself when it is gone (kernel killed, script crashed).
+PARENT_PID_ENV = "SGLITE_PARENT_PID"
+
+
+class ServerStartError(RuntimeError):
+    """The server started by :func:`launch_server` exited or did not become ready."""
+
+
 def _free_port(host: str = "127.0.0.1") -> int:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ``OSError(EADDRINUSE)`` when ``host:port`` cannot be bound (as uvicorn binds it)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(errno.EADDRINUSE, f"Port {port} on {host} is already in use (another server?); "
+                                            f"pass another port, or port=None for a free one.") from None
 
 
 def _server_cli_args(server_args: dict[str, Any]) -> list[str]:
@@ -136,14 +159,32 @@ def _server_cli_args(server_args: dict[str, Any]) -> list[str]:
     return args
 
 
-class ServerHandle:
-    """A server started by :func:`launch_server`: ``.url``, ``.port``, ``.process``, ``.shutdown()``."""
+def _startup_error(log_path: str | None) -> str:
+    """The server's own reason for failing: the last exception line of its log, else its last line."""
+    if not log_path:
+        return ""
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = [ln.strip() for ln in f.read().splitlines()[-200:] if ln.strip()]
+    except OSError:
+        return ""
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) or " ERROR " in ln:
+            return ln
+    return lines[-1] if lines else ""
 
-    def __init__(self, process: Any, host: str, port: int, api_key: str | None = None):
+
+class ServerHandle:
+    """A server started by :func:`launch_server`: ``.url``, ``.port``, ``.process``, ``.log_path``, ``.shutdown()``."""
+
+    def __init__(self, process: Any, host: str, port: int, api_key: str | None = None,
+                 log_path: str | None = None):
         self.process = process
         self.host = host
         self.port = port
         self.api_key = api_key
+        self.log_path = log_path
         self.url = f"http://{host}:{port}"
 
     @property
@@ -182,41 +223,94 @@ class ServerHandle:
 
 def launch_server(model_path: str | None = None, port: int | None = None, host: str = "127.0.0.1",
                   timeout: float = 300.0, log_file: Any = None, env: dict | None = None,
-                  **server_args: Any) -> ServerHandle:
+                  detach: bool = False, **server_args: Any) -> ServerHandle:
     """Start ``python -m sglite.launch_server`` in its own process group; wait until it serves.
 
-    Returns once ``/health_generate`` answers 200 (a real one-token generation). Keyword
-    arguments are ServerArgs fields (``max_total_tokens=8192``, ``api_key="sk-…"``); ``port=None``
-    picks a free loopback port. Raises RuntimeError if the server exits or times out first.
+    Returns once ``/health_generate`` answers 200 (a real one-token generation) from the process
+    this call started. Keyword arguments are ServerArgs fields (``max_total_tokens=8192``,
+    ``api_key="sk-…"``); ``port=None`` picks a free loopback port.
+
+    The server lives as long as this process: it is stopped at interpreter exit and stops itself
+    when this process dies (a killed or restarted notebook kernel), unless ``detach=True``. Its
+    output goes to ``log_file`` (an open file), else to a temp file (``handle.log_path``), so it
+    never lands in an unrelated notebook cell.
+
+    Raises ``OSError`` (EADDRINUSE) at once when the port is taken, and ``ServerStartError`` with
+    the server's own error when it exits or times out during startup.
     """
+    import atexit
     import os
     import subprocess
     import sys
+    import tempfile
 
     import requests
 
-    port = port or _free_port(host)
+    from sglite_runtime.entrypoints.process_utils import validate_model_path
+
     if model_path is not None:
+        validate_model_path(model_path)
         server_args["model_path"] = model_path
+    if port is None:
+        port = _free_port(host)
+    else:
+        check_port_free(host, port)
     cmd = [sys.executable, "-m", "sglite.launch_server", "--host", host, "--port", str(port)]
     cmd += _server_cli_args(server_args)
-    out = log_file if log_file is not None else None
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT if out else None,
-                            env={**os.environ, **(env or {})})
-    handle = ServerHandle(proc, host, port, server_args.get("api_key"))
+    log_path = getattr(log_file, "name", None) if log_file is not None else None
+    own_log = None
+    if log_file is None:
+        fd, log_path = tempfile.mkstemp(prefix=f"sglite-server-{port}-", suffix=".log")
+        own_log = os.fdopen(fd, "w")
+    child_env = {**os.environ, **(env or {})}
+    child_env.pop(PARENT_PID_ENV, None)
+    if not detach:
+        child_env[PARENT_PID_ENV] = str(os.getpid())
+    out = log_file if log_file is not None else own_log
+    try:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=child_env)
+    finally:
+        if own_log is not None:
+            own_log.close()  # the child holds its own descriptor
+    handle = ServerHandle(proc, host, port, server_args.get("api_key"), log_path)
+    if not detach:
+        atexit.register(handle.shutdown, 10.0)
+    try:
+        _wait_serving(handle, timeout, check_pid=int(server_args.get("dp_size") or 1) == 1)
+    except BaseException:  # includes KeyboardInterrupt while waiting: leave nothing behind
+        handle.shutdown(5)
+        if not detach:
+            atexit.unregister(handle.shutdown)
+        raise
+    return handle
+
+
+def _wait_serving(handle: ServerHandle, timeout: float, check_pid: bool) -> None:
+    import requests
+
+    proc = handle.process
     headers = {"Authorization": f"Bearer {handle.api_key}"} if handle.api_key else {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"sglite server exited with code {proc.returncode} during startup: {' '.join(cmd)}")
+            reason = _startup_error(handle.log_path)
+            where = f" (log: {handle.log_path})" if handle.log_path else ""
+            raise ServerStartError(f"sglite server exited with code {proc.returncode} during startup: "
+                                   f"{reason or 'no output'}{where}") from None
         try:
             if requests.get(handle.url + "/health_generate", headers=headers, timeout=30).status_code == 200:
-                return handle
-        except requests.RequestException:
+                if not check_pid:
+                    return
+                pid = requests.get(handle.url + "/server_info", headers=headers, timeout=30).json().get("pid")
+                if pid in (proc.pid, None):  # None: a server that does not report its pid
+                    return
+                # Someone else answers on our port (it was taken after the check): ours will fail to bind.
+        except (requests.RequestException, ValueError):
             pass
         time.sleep(0.5)
-    handle.shutdown(5)
-    raise RuntimeError(f"sglite server did not become healthy within {timeout:.0f} s")
+    raise ServerStartError(f"sglite server did not become healthy within {timeout:.0f} s "
+                           f"(log: {handle.log_path})") from None
 
 
 class Runtime:

@@ -31,9 +31,41 @@ class PortArgs:
         return cls(d, f"ipc://{d}/scheduler", f"ipc://{d}/detokenizer", f"ipc://{d}/tokenizer")
 
 
+# One knob for sglite's verbosity: Engine(log_level=...) / --log-level, else this variable.
+LOG_LEVEL_ENV = "SGLITE_LOG_LEVEL"
+LIBRARY_LOGGERS = ("sglite", "sglite_runtime")
+
+
+def _level(level: str) -> int:
+    value = logging.getLevelName(str(level).upper())
+    if not isinstance(value, int):
+        raise ValueError(f"log_level must be one of debug, info, warning, error, critical; got {level!r}")
+    return value
+
+
+def set_log_level(level: str) -> None:
+    """Set the level of sglite's own loggers in this process; handlers and the root logger are
+    the application's and are left alone (records propagate to them as usual)."""
+    value = _level(level)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(value)
+
+
 def setup_logging(level: str, prefix: str = "") -> None:
+    """Configure the root logger. Only for processes sglite owns (the server, its workers, the
+    engine's workers); never called in an application's process."""
     fmt = f"[%(asctime)s{(' ' + prefix) if prefix else ''}] %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(level=_level(level), format=fmt, datefmt="%H:%M:%S", force=True)
+
+
+def validate_model_path(model_path: str) -> None:
+    """A path-like model_path (absolute, ``./``, ``../``, ``~``) must exist: it is never a Hub id."""
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise ValueError(f"model_path must be a folder path or a Hub id, got {type(model_path).__name__}")
+    path = os.fspath(model_path)
+    looks_local = os.path.isabs(path) or path.startswith(("./", "../", "~", ".\\", "..\\"))
+    if looks_local and not os.path.exists(os.path.expanduser(path)):
+        raise ValueError(f"model_path {path!r} does not exist (a local folder path; Hub ids look like 'org/name')")
 
 
 def _set_pdeathsig() -> None:
