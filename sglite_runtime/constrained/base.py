@@ -35,6 +35,11 @@ GRAMMAR_KINDS: tuple[str, ...] = ("regex", "json", "json_object", "choices", "eb
 #: grows with the spec, and an unbounded one is a denial-of-service vector.
 MAX_SPEC_CHARS: int = 65_536
 
+#: Most ``choices`` one request may list, and the longest single choice (characters); the
+#: joined choices must also fit in MAX_SPEC_CHARS.
+MAX_CHOICES: int = 1024
+MAX_CHOICE_CHARS: int = 4096
+
 #: Bits per word of the packed vocabulary mask (int32 words, bit j of word w = token 32w+j).
 MASK_BITS: int = 32
 

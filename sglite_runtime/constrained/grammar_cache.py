@@ -7,11 +7,16 @@
 * compiling / new      -> ``(None, future)``; ``poll(future)`` later gives a grammar, an
   InvalidGrammar, or None while it is still running.
 
-Failures (a ValueError from the compiler, any other exception, or a compile that runs past
-``compile_timeout_s``) are cached as InvalidGrammar so that resending the same bad spec
-fails fast.  A timed-out compile thread cannot be killed; its late result is dropped, and
-the entry stays failed.  Entries are evicted least-recently-used beyond ``max_entries``
-(pending compiles are never evicted).
+Where the backend offers a ``worker_task`` (outlines-core does), the slow part runs in a
+killable, memory-capped worker process (worker_pool.py): the timeout counts from the start
+of the compile, the worker is killed at it, and a pathological spec fails only itself.
+Otherwise ``backend.compile`` runs in a thread, whose late result is dropped at the timeout.
+
+Failures (a ValueError from the compiler, any other exception, a timeout, a worker out of
+memory) are cached as InvalidGrammar for ``failure_ttl_s`` only, so that resending the
+same bad spec fails fast but a transient failure is retried later; ``reset`` (the
+server's /flush_cache) drops them at once.  Entries are evicted least-recently-used beyond
+``max_entries`` (pending compiles are never evicted).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from sglite_runtime.constrained.base import (
     InvalidGrammar,
 )
 from sglite_runtime.constrained.specs import schema_to_str
+from sglite_runtime.constrained.worker_pool import WorkerPool, shared_pool
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +52,24 @@ def make_key(kind: str, spec: Any) -> GrammarKey:
     return kind, spec if isinstance(spec, str) else str(spec)
 
 
-class _Entry:
-    """One key: its result future (a compiled object or an InvalidGrammar) and start time."""
+#: How long a failed compile stays cached (seconds).
+DEFAULT_FAILURE_TTL_S = 60.0
+# A worker enforces its own timeout; the cache's check is only a backstop past it.
+_WORKER_GRACE_S = 5.0
 
-    __slots__ = ("future", "started", "key")
+
+class _Entry:
+    """One key: its result future (a compiled object or an InvalidGrammar), the time its
+    compile started (None while queued) and the time it resolved."""
+
+    __slots__ = ("future", "started", "key", "resolved", "in_worker")
 
     def __init__(self, key: GrammarKey) -> None:
         self.key = key
         self.future: cf.Future = cf.Future()
-        self.started = time.monotonic()
+        self.started: float | None = None
+        self.resolved: float | None = None
+        self.in_worker = False
 
 
 class GrammarCache:
@@ -66,10 +81,16 @@ class GrammarCache:
         max_workers: int = 2,
         max_entries: int = 256,
         compile_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
+        failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.backend = backend
         self.max_entries = max_entries
         self.compile_timeout_s = compile_timeout_s
+        self.failure_ttl_s = failure_ttl_s
+        self.pool = pool if pool is not None else shared_pool()
+        # Threads only wait on workers (or run thread compiles): as many as the pool has workers.
+        max_workers = max(max_workers, self.pool.size)
         self._executor = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sglite-grammar")
         self._entries: collections.OrderedDict[GrammarKey, _Entry] = collections.OrderedDict()
         self._lock = threading.Lock()  # the compile threads' callbacks touch the futures only
@@ -81,6 +102,9 @@ class GrammarCache:
         """A ready grammar (fresh, at the start state) / failure marker, or a future."""
         with self._lock:
             entry = self._entries.get(key)
+            if entry is not None and self._expired(entry):
+                del self._entries[key]
+                entry = None
             is_new = entry is None
             if entry is None:
                 self.misses += 1
@@ -133,29 +157,43 @@ class GrammarCache:
         return len(self._entries)
 
     def reset(self) -> None:
-        """Drop every finished entry (pending compiles keep their futures)."""
+        """Drop every finished entry, failures included (pending compiles keep their futures)."""
         with self._lock:
             for key in [k for k, e in self._entries.items() if e.future.done()]:
                 del self._entries[key]
 
     def shutdown(self) -> None:
+        """Stop taking compiles (the shared worker processes stay for other caches)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- internals --------------------------------------------------------------------
     def _submit(self, entry: _Entry) -> None:
         entry.future._sglite_entry = entry  # type: ignore[attr-defined]  # lets poll() find the timeout
         try:
-            inner = self._executor.submit(self._compile, entry.key)
+            inner = self._executor.submit(self._compile, entry)
         except RuntimeError as exc:  # executor shut down
             self._resolve(entry, InvalidGrammar(f"grammar compiler unavailable: {exc}"))
             return
         inner.add_done_callback(lambda f, e=entry: self._resolve(e, f.result()))
 
-    def _compile(self, key: GrammarKey) -> Any:
-        """Runs in a worker thread; returns the compiled object or an InvalidGrammar."""
+    def _compile(self, entry: _Entry) -> Any:
+        """Runs in a cache thread; returns the compiled object or an InvalidGrammar."""
+        key = entry.key
         start = time.perf_counter()
         try:
-            compiled = self.backend.compile(key)
+            make_task = getattr(self.backend, "worker_task", None)
+            task = make_task(key) if make_task is not None else None
+            if task is None:
+                entry.started = time.monotonic()
+                compiled = self.backend.compile(key)
+            else:
+                entry.in_worker = True
+                status, payload = self.pool.run(task[0], task[1], self.compile_timeout_s,
+                                                on_start=lambda: setattr(entry, "started", time.monotonic()))
+                if status != "ok":
+                    logger.warning("grammar %s failed in its compile worker: %s", key[0], payload)
+                    return InvalidGrammar(f"cannot compile {key[0]} constraint: {payload}")
+                compiled = self.backend.finish_compile(key, payload)
         except ValueError as exc:
             logger.info("grammar %s rejected: %s", key[0], exc)
             return InvalidGrammar(str(exc))
@@ -168,10 +206,19 @@ class GrammarCache:
     def _resolve(self, entry: _Entry, result: Any) -> None:
         with self._lock:
             if not entry.future.done():
+                entry.resolved = time.monotonic()
                 entry.future.set_result(result)
 
+    def _expired(self, entry: _Entry) -> bool:
+        """A cached failure older than the TTL (the spec gets another chance)."""
+        return (entry.resolved is not None and time.monotonic() - entry.resolved > self.failure_ttl_s
+                and isinstance(entry.future.result(), InvalidGrammar))
+
     def _check_timeout(self, entry: _Entry) -> None:
-        if not entry.future.done() and time.monotonic() - entry.started > self.compile_timeout_s:
+        if entry.started is None or entry.future.done():
+            return  # still queued behind other compiles: its clock has not started
+        limit = self.compile_timeout_s + (_WORKER_GRACE_S if entry.in_worker else 0.0)
+        if time.monotonic() - entry.started > limit:
             logger.warning("grammar %s compile timed out after %.0f s", entry.key[0], self.compile_timeout_s)
             self._resolve(entry, InvalidGrammar(f"grammar compilation timed out after {self.compile_timeout_s:.0f} s"))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from outlines_core.json_schema import build_regex_from_schema
 
-from sglite_runtime.constrained.base import GRAMMAR_KINDS, MAX_SPEC_CHARS
+from sglite_runtime.constrained.base import GRAMMAR_KINDS, MAX_CHOICE_CHARS, MAX_CHOICES, MAX_SPEC_CHARS
 from sglite_runtime.constrained.numeric_ranges import rewrite_bounded_numbers, substitute_placeholders
 
 #: Default JSON whitespace: at most one space between tokens.  Bounded, so a model cannot
@@ -117,9 +117,10 @@ def parse_schema(spec: str | dict | bool) -> dict | bool:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
+    size = len(spec) if isinstance(spec, str) else len(schema_to_str(spec))
+    if size > MAX_SPEC_CHARS:
+        raise ValueError(f"JSON schema too long ({size} > {MAX_SPEC_CHARS} characters)")
     if isinstance(spec, str):
-        if len(spec) > MAX_SPEC_CHARS:
-            raise ValueError(f"JSON schema too long ({len(spec)} > {MAX_SPEC_CHARS} characters)")
         try:
             spec = json.loads(spec)
         except json.JSONDecodeError as exc:
@@ -133,6 +134,18 @@ def parse_schema(spec: str | dict | bool) -> dict | bool:
     except SchemaError as exc:
         raise ValueError(f"invalid JSON schema: {exc.message}") from None
     return spec
+
+
+def check_choices(choices: list[str] | tuple[str, ...]) -> None:
+    """Bound the count and size of ``choices`` (their alternation is compiled like a regex)."""
+    if len(choices) > MAX_CHOICES:
+        raise ValueError(f"too many choices ({len(choices)} > {MAX_CHOICES})")
+    longest = max(len(c) for c in choices)
+    if longest > MAX_CHOICE_CHARS:
+        raise ValueError(f"a choice is too long ({longest} > {MAX_CHOICE_CHARS} characters)")
+    total = sum(len(c) for c in choices)
+    if total > MAX_SPEC_CHARS:
+        raise ValueError(f"choices too long in total ({total} > {MAX_SPEC_CHARS} characters)")
 
 
 def check_regex(pattern: str) -> None:
@@ -167,6 +180,7 @@ def spec_to_regex(
                 raise ValueError(f"choices must be a JSON list of strings: {exc}") from None
         if not isinstance(spec, (list, tuple)) or not spec or not all(isinstance(c, str) for c in spec):
             raise ValueError("choices must be a non-empty list of strings")
+        check_choices(spec)
         return choices_regex(list(spec))
     if kind == "json_object":
         return json_object_regex(json_object_depth, whitespace)

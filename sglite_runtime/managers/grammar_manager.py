@@ -100,7 +100,7 @@ class GrammarManager:
                                        vocab_size=scheduler.vocab_size, eos_token_ids=sorted(scheduler.eos_token_ids),
                                        whitespace_pattern=args.constrained_json_whitespace_pattern)
         self.backend = backend
-        self.cache = GrammarCache(backend)
+        self.cache = GrammarCache(backend, compile_timeout_s=args.grammar_compile_timeout)
         self.queue: list[tuple["Req", Any]] = []
         # Under TP every rank must release the same requests in the same step, and thread
         # timing differs per rank: compile synchronously there.

@@ -284,6 +284,8 @@ class Scheduler(SchedulerOutputMixin):
         self.tree_cache.reset()
         self.allocator.clear()
         self.req_to_token_pool.clear()
+        if self.grammar_manager is not None:  # compiled grammars and cached compile failures
+            self.grammar_manager.cache.reset()
         logger.info("Cache flushed")
         return True
 
