@@ -10,6 +10,7 @@ sizes and long contexts, so the key range is cut into ``num_kv_splits`` pieces:
 * stage 2, grid ``(bs, H)``: merges the pieces by their LSEs.
 
 K/V are indexed per token through ``req_to_token``, so the kernel works for any page size.
+With ``sliding_window > 0`` both stages split only the last ``window`` keys.
 GQA: query head ``h`` reads KV head ``h // (H // KVH)``.
 """
 
@@ -30,6 +31,7 @@ def _decode_stage1(
     Seq_lens,
     Mid,
     sm_scale,
+    window,
     stride_qb,
     stride_qh,
     stride_kbs,
@@ -53,8 +55,11 @@ def _decode_stage1(
 
     row = tl.load(Req_pool_indices + b).to(tl.int64)
     seq_len = tl.load(Seq_lens + b).to(tl.int32)
-    split_len = tl.cdiv(seq_len, NUM_SPLITS)
-    start = split * split_len
+    kv_lo = 0
+    if window > 0:
+        kv_lo = tl.maximum(seq_len - window, 0)
+    split_len = tl.cdiv(seq_len - kv_lo, NUM_SPLITS)
+    start = kv_lo + split * split_len
     end = tl.minimum(start + split_len, seq_len)
 
     offs_d = tl.arange(0, BLOCK_D)
@@ -93,6 +98,7 @@ def _decode_stage2(
     Mid,
     O,
     Seq_lens,
+    window,
     stride_mb,
     stride_mh,
     stride_ms,
@@ -105,7 +111,10 @@ def _decode_stage2(
     b = tl.program_id(0)
     h = tl.program_id(1)
     seq_len = tl.load(Seq_lens + b).to(tl.int32)
-    split_len = tl.cdiv(seq_len, NUM_SPLITS)
+    kv_lo = 0
+    if window > 0:
+        kv_lo = tl.maximum(seq_len - window, 0)
+    split_len = tl.cdiv(seq_len - kv_lo, NUM_SPLITS)
 
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
@@ -113,7 +122,7 @@ def _decode_stage2(
     l_i = 0.0
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     for split in range(NUM_SPLITS):
-        start = split * split_len
+        start = kv_lo + split * split_len
         end = tl.minimum(start + split_len, seq_len)
         if end > start:
             base = Mid + b * stride_mb + h * stride_mh + split * stride_ms
@@ -139,6 +148,7 @@ def decode_attention_fwd(
     sm_scale: float,
     num_kv_splits: int = 8,
     attn_logits: torch.Tensor | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Decode attention over the paged pool; writes ``o [bs, H, D]`` in place and returns it.
 
@@ -150,6 +160,7 @@ def decode_attention_fwd(
         num_kv_splits: pieces the key range is cut into (stage-1 parallelism).
         attn_logits: optional fp32 scratch ``[bs, H, num_kv_splits, D + 1]``; pass a preallocated
             one to keep allocations out of CUDA-graph replays.
+        sliding_window: attend only to the last ``sliding_window`` keys (None: all of them).
     """
     bs, num_heads, head_dim = q.shape
     kv_heads = k_buffer.shape[1]
@@ -165,12 +176,12 @@ def decode_attention_fwd(
 
     _decode_stage1[(bs, num_heads, num_kv_splits)](
         q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, attn_logits, sm_scale,
-        q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
+        int(sliding_window or 0), q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
         req_to_token.stride(0), attn_logits.stride(0), attn_logits.stride(1), attn_logits.stride(2),
         KV_GROUP=num_heads // kv_heads, NUM_SPLITS=num_kv_splits, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n,
     )  # fmt: skip
     _decode_stage2[(bs, num_heads)](
-        attn_logits, o, seq_lens,
+        attn_logits, o, seq_lens, int(sliding_window or 0),
         attn_logits.stride(0), attn_logits.stride(1), attn_logits.stride(2), o.stride(0), o.stride(1),
         NUM_SPLITS=num_kv_splits, HEAD_DIM=head_dim, BLOCK_D=block_d,
     )  # fmt: skip

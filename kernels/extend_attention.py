@@ -12,6 +12,10 @@ head and keeps one online softmax across two passes:
 
 Reading the new tokens from ``k_extend`` rather than the pool means the kernel does not care
 whether the caller stored them before or after the call.
+
+``sliding_window > 0`` (HF semantics) keeps only keys with ``q_pos - k_pos < window``: both
+passes start at the first tile any query of the block can see and mask the rest, so a cached
+prefix longer than the window costs only the window.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def _extend_fwd(
     Ext_lens,
     Ext_start,
     sm_scale,
+    window,
     stride_qn,
     stride_qh,
     stride_ken,
@@ -79,21 +84,33 @@ def _extend_fwd(
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        # With a window, query m (absolute position prefix_len + m) sees keys > its position - window.
+        use_window = window > 0
+        lo1 = 0
+        lo2 = 0
+        if use_window:
+            lo1 = tl.maximum(prefix_len + mb * BLOCK_M - window + 1, 0)
+            lo2 = tl.maximum(mb * BLOCK_M - window + 1, 0)
 
         # Pass 1: the cached prefix through the page table. No causal mask: it precedes every query.
-        for n0 in range(0, prefix_len, BLOCK_N):
+        for n0 in range(lo1, prefix_len, BLOCK_N):
             offs_n = n0 + offs_n0
             mask_n = offs_n < prefix_len
+            if use_window:
+                in_win = (prefix_len + offs_m[:, None] - offs_n[None, :]) < window
+            else:
+                in_win = offs_m[:, None] >= 0
             slots = tl.load(Req_to_token + row * stride_r2t + offs_n, mask=mask_n, other=0).to(tl.int64)
             kv_mask = mask_n[:, None] & mask_d[None, :]
             k = tl.load(K_Buf + slots[:, None] * stride_kbs + kvh * stride_kbh + offs_d[None, :], mask=kv_mask, other=0.0)
             # "ieee": fp32 inputs must not silently drop to tf32 on tensor cores (ignored for bf16).
             qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee") * sm_scale
-            qk = tl.where(mask_n[None, :], qk, float("-inf"))
-            # Each tile has a valid key (n0 < prefix_len), so m_new is finite for every row.
+            qk = tl.where(mask_n[None, :] & in_win, qk, float("-inf"))
+            # A window can hide a whole tile from some rows: m_safe keeps exp() away from -inf - -inf.
             m_new = tl.maximum(m_i, tl.max(qk, 1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(qk - m_new[:, None])
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            p = tl.exp(qk - m_safe[:, None])
             v = tl.load(V_Buf + slots[:, None] * stride_vbs + kvh * stride_vbh + offs_d[None, :], mask=kv_mask, other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision="ieee")
             l_i = l_i * alpha + tl.sum(p, 1)
@@ -101,7 +118,7 @@ def _extend_fwd(
 
         # Pass 2: the new tokens, causal. Keys past this block's last query are never visible.
         end_n = tl.minimum(ext_len, (mb + 1) * BLOCK_M)
-        for n0 in range(0, end_n, BLOCK_N):
+        for n0 in range(lo2, end_n, BLOCK_N):
             offs_n = n0 + offs_n0
             mask_n = offs_n < ext_len
             kv_mask = mask_n[:, None] & mask_d[None, :]
@@ -112,12 +129,14 @@ def _extend_fwd(
             )
             qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee") * sm_scale
             causal = (offs_n[None, :] <= offs_m[:, None]) & mask_n[None, :]
+            if use_window:
+                causal = causal & ((offs_m[:, None] - offs_n[None, :]) < window)
             qk = tl.where(causal, qk, float("-inf"))
-            # Row m always sees key 0 of the first tile, so after that tile m_i is finite and a
-            # fully masked row in a later tile just gets p = 0.
+            # Every row sees itself, so l_i > 0 at the end; rows fully masked in a tile get p = 0.
             m_new = tl.maximum(m_i, tl.max(qk, 1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(qk - m_new[:, None])
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            p = tl.exp(qk - m_safe[:, None])
             v = tl.load(
                 V_ext + (ext_start + offs_n[:, None]) * stride_ven + kvh * stride_veh + offs_d[None, :],
                 mask=kv_mask,
@@ -127,7 +146,8 @@ def _extend_fwd(
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
 
-        out = acc / l_i[:, None]
+        # Padding rows past ext_len may see no key under a window (l_i = 0); they are not stored.
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         o_ptrs = O + (ext_start + offs_m[:, None]) * stride_on + h * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
@@ -146,6 +166,7 @@ def extend_attention_fwd(
     extend_start_loc: torch.Tensor,
     sm_scale: float,
     max_extend_len: int | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Extend attention; writes ``o_extend [N, H, D]`` in place and returns it.
 
@@ -157,6 +178,7 @@ def extend_attention_fwd(
         seq_lens: ``[bs]`` prefix + new tokens; ``extend_seq_lens [bs]`` new tokens;
         extend_start_loc: ``[bs]`` first row of each request in the flattened tensors.
         max_extend_len: host-side ``max(extend_seq_lens)``; pass it to avoid a device sync.
+        sliding_window: attend only to the last ``sliding_window`` keys of each query (None: all).
     """
     num_tokens, num_heads, head_dim = q_extend.shape
     kv_heads = k_extend.shape[1]
@@ -183,7 +205,7 @@ def extend_attention_fwd(
     _extend_fwd[grid](
         q_extend, k_extend, v_extend, o_extend, k_buffer, v_buffer,
         req_to_token, req_pool_indices, seq_lens, extend_seq_lens, extend_start_loc, sm_scale,
-        q_extend.stride(0), q_extend.stride(1), k_extend.stride(0), k_extend.stride(1),
+        int(sliding_window or 0), q_extend.stride(0), q_extend.stride(1), k_extend.stride(0), k_extend.stride(1),
         v_extend.stride(0), v_extend.stride(1), o_extend.stride(0), o_extend.stride(1),
         k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1), req_to_token.stride(0),
         KV_GROUP=num_heads // kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,

@@ -34,16 +34,20 @@ def decode_attention_ref(
     seq_lens: torch.Tensor,
     sm_scale: float,
     num_kv_splits: int = 8,
+    attn_logits: torch.Tensor | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """One query token per request attends over all ``seq_lens[i]`` keys of its row.
+    """One query token per request attends over all ``seq_lens[i]`` keys of its row (the last
+    ``sliding_window`` of them with a window).
 
-    ``num_kv_splits`` is accepted for signature parity and ignored.
+    ``num_kv_splits`` and ``attn_logits`` are accepted for signature parity and ignored.
     """
-    del num_kv_splits
+    del num_kv_splits, attn_logits
     for i in range(q.shape[0]):
         row = int(req_pool_indices[i])
         n = int(seq_lens[i])
-        slots = req_to_token[row, :n].long()
+        lo = max(0, n - sliding_window) if sliding_window else 0
+        slots = req_to_token[row, lo:n].long()
         out = _gqa_attend(q[i : i + 1], k_buffer[slots], v_buffer[slots], sm_scale, None)
         o[i] = out[0].to(o.dtype)
     return o
@@ -62,8 +66,11 @@ def extend_attention_ref(
     extend_seq_lens: torch.Tensor,
     extend_start_loc: torch.Tensor,
     sm_scale: float,
+    max_extend_len: int | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """New tokens attend over the cached prefix plus themselves, causal mask aligned bottom-right.
+    """New tokens attend over the cached prefix plus themselves, causal mask aligned bottom-right
+    (and, with ``sliding_window``, only keys with ``q_pos - k_pos < sliding_window``).
 
     The prefix K/V is read from the paged buffers through ``req_to_token``; the new tokens' K/V
     come from the contiguous ``k_extend``/``v_extend`` (they need not be in the pool yet).
@@ -81,7 +88,8 @@ def extend_attention_ref(
         # Query j (absolute position prefix + j) sees keys 0 .. prefix + j.
         qpos = torch.arange(ext, device=q_extend.device)[:, None] + prefix
         kpos = torch.arange(prefix + ext, device=q_extend.device)[None, :]
-        out = _gqa_attend(q_extend[start : start + ext], k, v, sm_scale, kpos <= qpos)
+        mask = (kpos <= qpos) if not sliding_window else (kpos <= qpos) & (qpos - kpos < sliding_window)
+        out = _gqa_attend(q_extend[start : start + ext], k, v, sm_scale, mask)
         o_extend[start : start + ext] = out.to(o_extend.dtype)
     return o_extend
 

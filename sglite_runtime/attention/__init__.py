@@ -40,11 +40,20 @@ def resolve_attention_backend_name(name: str, device: str | torch.device) -> str
 def create_attention_backend(name: str, device: str | torch.device, model_runner: Any = None) -> "AttentionBackend":
     """Build the attention backend ``name`` for ``device``.
 
-    ``model_runner`` (optional, anything with ModelRunner's attributes) is accepted so backends
-    can size buffers from the model later; none of the current backends need it.
+    ``model_runner`` (optional, anything with a ``model`` attribute) tells whether the model has
+    sliding-window layers: FlashInfer's wrappers here are planned without a window, so ``auto``
+    picks Triton for such models and an explicit ``flashinfer`` is refused.
     """
-    del model_runner
+    model = getattr(model_runner, "model", None)
+    windowed = model is not None and any(getattr(m, "sliding_window", None) for m in model.modules())
     resolved = resolve_attention_backend_name(name, device)
+    if resolved == "flashinfer" and windowed:
+        if name != "auto":
+            raise ValueError(
+                "attention backend 'flashinfer' does not support this model's sliding-window layers; "
+                "use --attention-backend triton or torch_native"
+            )
+        resolved = "triton"
     if resolved == "torch_native":
         from sglite_runtime.attention.torch_native import TorchNativeAttnBackend
 

@@ -7,7 +7,8 @@ through ``req_to_token`` and runs ``scaled_dot_product_attention``.
 Extend uses a bottom-right aligned causal mask (new token ``j`` of a request with prefix
 ``p`` sees keys ``0 .. p + j``): SDPA's ``is_causal`` when there is no prefix, else an
 explicit ``[extend, seq_len]`` mask (SDPA's ``is_causal`` is top-left aligned). Decode runs the
-whole batch in one padded, masked SDPA call.
+whole batch in one padded, masked SDPA call. A layer's ``sliding_window`` narrows both masks to
+the last ``window`` keys of each query.
 """
 
 from __future__ import annotations
@@ -78,12 +79,14 @@ class TorchNativeAttnBackend(AttentionBackend):
                 ks = torch.cat((kp.to(k.dtype), k[start : start + e]))
                 vs = torch.cat((vp.to(v.dtype), v[start : start + e]))
             qs = q[start : start + e]
-            if p == 0:
+            window = layer.sliding_window
+            if p == 0 and (window is None or window >= e):
                 o = self._sdpa(qs, ks.to(q.dtype), vs.to(q.dtype), layer.scaling, causal=True)
             else:
                 # Bottom-right causal: new token j (position p + j) sees keys 0 .. p + j. An
                 # explicit [e, seq_len] mask costs e·seq_len, not seq_len² as padding would.
-                mask = torch.arange(seq_len, device=q.device)[None, :] <= (p + torch.arange(e, device=q.device))[:, None]
+                dist = (p + torch.arange(e, device=q.device))[:, None] - torch.arange(seq_len, device=q.device)[None, :]
+                mask = dist >= 0 if window is None else (dist >= 0) & (dist < window)
                 o = self._sdpa(qs, ks.to(q.dtype), vs.to(q.dtype), layer.scaling, causal=False, mask=mask)
             out[start : start + e] = o
             start += e
@@ -110,6 +113,10 @@ class TorchNativeAttnBackend(AttentionBackend):
             ks = k2.index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)
             vs = v2.index_select(0, slots).view(shape).to(q.dtype).transpose(1, 2)
             qg = q if rows is None else q.index_select(0, rows)
+            if layer.sliding_window is not None:
+                seq = fb.seq_lens if rows is None else fb.seq_lens.index_select(0, rows)
+                first = (seq - layer.sliding_window)[:, None]  # oldest key still in the window
+                valid = valid & (torch.arange(max_len, device=valid.device)[None, :] >= first)
             o = F.scaled_dot_product_attention(
                 qg.unsqueeze(2), ks, vs, attn_mask=valid[:, None, None, :], scale=layer.scaling,
                 enable_gqa=q.shape[1] != ks.shape[1]).squeeze(2)
@@ -155,6 +162,8 @@ class TorchNativeAttnBackend(AttentionBackend):
         for i, seq_len in enumerate(fb.seq_lens_cpu):
             kp, vp = self._kv_of(layer, fb, i, seq_len - 1)
             ks, vs = torch.cat((kp.to(k.dtype), k[i : i + 1])), torch.cat((vp.to(v.dtype), v[i : i + 1]))
+            if layer.sliding_window is not None:
+                ks, vs = ks[-layer.sliding_window :], vs[-layer.sliding_window :]
             # One query, the last position: it sees every key, so no mask.
             out[i : i + 1] = self._sdpa(q[i : i + 1], ks.to(q.dtype), vs.to(q.dtype), layer.scaling, causal=False)
         return out.view(bs, -1)

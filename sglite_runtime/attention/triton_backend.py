@@ -104,6 +104,7 @@ class TritonAttnBackend(AttentionBackend):
             q3, k3, v3, o, k_buf, v_buf,
             fb.req_to_token_pool.req_to_token, fb.req_pool_indices, fb.seq_lens,
             md.extend_seq_lens, md.extend_start_loc, layer.scaling, md.max_extend_len,
+            sliding_window=layer.sliding_window,
         )  # fmt: skip
         return o.view(q.shape[0], -1)
 
@@ -131,11 +132,13 @@ class TritonAttnBackend(AttentionBackend):
             self._extend(
                 q3, k3, v3, o, k_buf, v_buf, fb.req_to_token_pool.req_to_token,
                 fb.req_pool_indices, fb.seq_lens, ones, starts, layer.scaling, 1,
+                sliding_window=layer.sliding_window,
             )  # fmt: skip
             return o.view(bs, -1)
         fb.token_to_kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k3, v3)
         self._decode(
             q3, k_buf, v_buf, o, fb.req_to_token_pool.req_to_token,
             fb.req_pool_indices, fb.seq_lens, layer.scaling, self.num_kv_splits,
+            sliding_window=layer.sliding_window,
         )  # fmt: skip
         return o.view(bs, -1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 
 class StreamOptions(BaseModel):
@@ -124,21 +124,23 @@ class DetokenizeRequest(BaseModel):
 class GenerateRequest(BaseModel):
     """Native ``POST /generate`` (SGLang's contract, see frontend-spec §5)."""
 
-    text: str | list[str] | None = None
-    input_ids: list[int] | list[list[int]] | None = None
+    # Strict types (no coercion: "yes" is not true, 1.0 is not an integer): the TokenizerManager
+    # validates the same fields strictly for every entry, and must see what the client sent.
+    text: StrictStr | list[StrictStr] | None = None
+    input_ids: list[StrictInt] | list[list[StrictInt]] | None = None
     sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None
-    rid: str | list[str] | None = None
-    return_logprob: bool | list[bool] = False
-    logprob_start_len: int | list[int] | None = None
-    top_logprobs_num: int | list[int] | None = None
-    return_text_in_logprobs: bool = False
-    stream: bool = False
+    rid: StrictStr | list[StrictStr] | None = None
+    return_logprob: StrictBool | list[StrictBool] = False
+    logprob_start_len: StrictInt | list[StrictInt] | None = None
+    top_logprobs_num: StrictInt | list[StrictInt] | None = None
+    return_text_in_logprobs: StrictBool = False
+    stream: StrictBool = False
     image_data: Any = None
 
 
 class AbortRequest(BaseModel):
-    rid: str = ""
-    abort_all: bool = False
+    rid: StrictStr = ""
+    abort_all: StrictBool = False  # "yes" must not abort everyone
 
 
 class FlushCacheRequest(BaseModel):

@@ -51,6 +51,20 @@ class ForwardBatch:
     extend_seq_lens_cpu: list[int] | None = None
     # Backend-owned metadata set by attn_backend.init_forward_metadata().
     attn_metadata: Any = field(default=None, repr=False)
+    # token_seq_lens() memo (longrope/dynamic RoPE), computed once per forward.
+    _token_seq_lens: torch.Tensor | None = field(default=None, repr=False)
+
+    def token_seq_lens(self) -> torch.Tensor:
+        """``[num_tokens]``: the length (after this forward) of the request each token is in."""
+        if self._token_seq_lens is None:
+            if self.forward_mode.is_decode():
+                self._token_seq_lens = self.seq_lens
+            else:
+                ext = self.extend_seq_lens
+                if ext is None:
+                    ext = torch.tensor(self.extend_seq_lens_cpu, dtype=torch.int64, device=self.seq_lens.device)
+                self._token_seq_lens = torch.repeat_interleave(self.seq_lens, ext, output_size=self.num_tokens)
+        return self._token_seq_lens
 
     @property
     def num_tokens(self) -> int:

@@ -6,7 +6,9 @@ Module names mirror HF's so checkpoint names map 1:1, except the fused ``qkv_pro
 ``gate_up_proj`` which ``stacked_params_mapping`` fills from q/k/v and gate/up.
 
 Variants differ only in ``AttentionFlags`` (biases and qk-norm), chosen by
-``attention_flags(config)`` which subclasses override.
+``attention_flags(config)`` which subclasses override. Sliding-window layers (Mistral, Qwen2
+with ``use_sliding_window``, Phi-3) come from the config by ``layer_sliding_window``; RoPE
+modules are shared by all layers of one type (one cos/sin table, not one per layer).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sglite_runtime.layers.activation import SiluAndMul
 from sglite_runtime.layers.layernorm import RMSNorm
 from sglite_runtime.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from sglite_runtime.layers.radix_attention import RadixAttention
-from sglite_runtime.layers.rotary_embedding import get_rope, rope_config_from_hf
+from sglite_runtime.layers.rotary_embedding import RotaryEmbedding, rope_for_config
 from sglite_runtime.layers.vocab_parallel_embedding import (
     ParallelLMHead,
     VocabParallelEmbedding,
@@ -50,6 +52,39 @@ def get_head_dim(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def layer_type(config: Any, layer_id: int) -> str:
+    """``"sliding_attention"`` or ``"full_attention"`` for layer ``layer_id``, as HF decides it:
+    ``config.layer_types`` when the config has it (Qwen2/3, Gemma 3), else every layer slides
+    when ``sliding_window`` is set (Mistral, Phi-3)."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return types[layer_id]
+    window = getattr(config, "sliding_window", None)
+    uses = getattr(config, "use_sliding_window", True)
+    return "sliding_attention" if window and uses else "full_attention"
+
+
+def layer_sliding_window(config: Any, layer_id: int) -> int | None:
+    """The attention window of layer ``layer_id`` (None: full causal attention)."""
+    if layer_type(config, layer_id) != "sliding_attention":
+        return None
+    return getattr(config, "sliding_window", None) or None
+
+
+class RopeTable:
+    """One RoPE module per layer type, built on first use and shared by the layers."""
+
+    def __init__(self, config: Any, head_dim: int, per_layer_type: bool = False):
+        self.config, self.head_dim, self.per_layer_type = config, head_dim, per_layer_type
+        self._ropes: dict[str | None, RotaryEmbedding] = {}
+
+    def get(self, layer_id: int) -> RotaryEmbedding:
+        key = layer_type(self.config, layer_id) if self.per_layer_type else None
+        if key not in self._ropes:
+            self._ropes[key] = rope_for_config(self.config, self.head_dim, key)
+        return self._ropes[key]
+
+
 class LlamaMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, dtype: torch.dtype):
         super().__init__()
@@ -62,7 +97,15 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: Any, layer_id: int, flags: AttentionFlags, dtype: torch.dtype):
+    def __init__(
+        self,
+        config: Any,
+        layer_id: int,
+        flags: AttentionFlags,
+        dtype: torch.dtype,
+        rope: RotaryEmbedding | None = None,
+        scaling: float | None = None,
+    ):
         super().__init__()
         hidden = config.hidden_size
         total_heads = config.num_attention_heads
@@ -80,10 +123,14 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps, params_dtype=dtype)
             self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps, params_dtype=dtype)
-        theta, scaling = rope_config_from_hf(config)
-        self.rotary_emb = get_rope(self.head_dim, config.max_position_embeddings, theta, scaling)
+        self.rotary_emb = rope if rope is not None else rope_for_config(config, self.head_dim)
         self.attn = RadixAttention(
-            self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_kv_heads, layer_id=layer_id
+            self.num_heads,
+            self.head_dim,
+            scaling if scaling is not None else self.head_dim**-0.5,
+            self.num_kv_heads,
+            layer_id=layer_id,
+            sliding_window=layer_sliding_window(config, layer_id),
         )
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, forward_batch: "ForwardBatch") -> torch.Tensor:
@@ -92,20 +139,24 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(q.shape)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view(k.shape)
-        q, k = self.rotary_emb(positions, q, k)
+        q, k = self.rotary_emb(positions, q, k, forward_batch)
         out = self.attn(q, k, v.contiguous(), forward_batch)
         return self.o_proj(out)
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: Any, layer_id: int, flags: AttentionFlags, dtype: torch.dtype):
+    def __init__(
+        self, config: Any, layer_id: int, flags: AttentionFlags, dtype: torch.dtype, rope: RotaryEmbedding | None = None
+    ):
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer_id, flags, dtype)
-        self.mlp = LlamaMLP(
-            config.hidden_size, config.intermediate_size, bool(getattr(config, "mlp_bias", False)), dtype
-        )
+        self.self_attn = LlamaAttention(config, layer_id, flags, dtype, rope)
+        self.mlp = self.make_mlp(config, layer_id, dtype)
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, params_dtype=dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, params_dtype=dtype)
+
+    def make_mlp(self, config: Any, layer_id: int, dtype: torch.dtype) -> nn.Module:
+        """The feed-forward block of layer ``layer_id`` (MoE models override this)."""
+        return LlamaMLP(config.hidden_size, config.intermediate_size, bool(getattr(config, "mlp_bias", False)), dtype)
 
     def forward(
         self,
@@ -126,11 +177,14 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: Any, flags: AttentionFlags, dtype: torch.dtype):
+    def __init__(
+        self, config: Any, flags: AttentionFlags, dtype: torch.dtype, layer_cls: type[nn.Module] = LlamaDecoderLayer
+    ):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, params_dtype=dtype)
+        ropes = RopeTable(config, get_head_dim(config))
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, flags, dtype) for i in range(config.num_hidden_layers)
+            layer_cls(config, i, flags, dtype, ropes.get(i)) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, params_dtype=dtype)
 
@@ -159,6 +213,8 @@ class LlamaForCausalLM(nn.Module):
         ("gate_up_proj", "up_proj", 1),
     ]
 
+    decoder_layer_cls: type[nn.Module] = LlamaDecoderLayer
+
     @classmethod
     def attention_flags(cls, config: Any) -> AttentionFlags:
         bias = bool(getattr(config, "attention_bias", False))
@@ -168,8 +224,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.dtype = dtype or torch.get_default_dtype()
-        self._warn_unsupported(config)
-        self.model = LlamaModel(config, self.attention_flags(config), self.dtype)
+        self.model = LlamaModel(config, self.attention_flags(config), self.dtype, self.decoder_layer_cls)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens  # same Parameter; compute_logits uses its weight
@@ -180,17 +235,6 @@ class LlamaForCausalLM(nn.Module):
         self.head_dim = get_head_dim(config)
         self.num_kv_heads = self.model.layers[0].self_attn.num_kv_heads
         self.tp_size = get_tp_size()
-
-    @staticmethod
-    def _warn_unsupported(config: Any) -> None:
-        window = getattr(config, "sliding_window", None)
-        uses_window = getattr(config, "use_sliding_window", window is not None)
-        if window and uses_window and window < config.max_position_embeddings:
-            logger.warning(
-                "sliding_window=%d is ignored: attention is full-context (exact only for sequences <= %d tokens)",
-                window,
-                window,
-            )
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: "ForwardBatch") -> torch.Tensor:
         """Hidden states after the final norm, ``[num_tokens, hidden_size]``."""

@@ -1,4 +1,5 @@
-"""Mistral: architecturally Llama (no biases). Sliding-window attention is not applied."""
+"""Mistral: architecturally Llama (no biases), every layer sliding-window when
+``sliding_window`` is set."""
 
 from __future__ import annotations
 
