@@ -6,14 +6,15 @@ are imported only when first used.
 """
 from __future__ import annotations
 
-from typing import Any
+import typing as _typing
 
 from sglite.backend import BaseBackend, EngineBackend, RuntimeEndpoint
+from sglite.backend.unsupported import Anthropic, Crusoe, LiteLLM, VertexAI
 from sglite.global_config import global_config
 from sglite.lang.api import (
     assistant, assistant_begin, assistant_end, flush_cache, function, gen, gen_int, gen_string,
-    get_server_info, image, select, set_default_backend, system, system_begin, system_end, user,
-    user_begin, user_end,
+    get_server_info, image, select, separate_reasoning, set_default_backend, system, system_begin,
+    system_end, user, user_begin, user_end, video,
 )
 from sglite.lang.choices import (
     greedy_token_selection, token_length_normalized, unconditional_likelihood_normalized,
@@ -22,12 +23,12 @@ from sglite.lang.choices import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "function", "gen", "gen_int", "gen_string", "select", "image",
+    "function", "gen", "gen_int", "gen_string", "select", "image", "video", "separate_reasoning",
     "system", "user", "assistant", "system_begin", "system_end", "user_begin", "user_end",
     "assistant_begin", "assistant_end", "set_default_backend", "flush_cache", "get_server_info",
     "RuntimeEndpoint", "EngineBackend", "BaseBackend", "Runtime", "Engine", "launch_server",
     "token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized",
-    "global_config", "__version__",
+    "global_config", "__version__", "Anthropic", "LiteLLM", "VertexAI", "Crusoe", "ServerArgs",
 ]
 
 # name -> (module, attribute); resolved on first access so torch stays unloaded.
@@ -35,10 +36,11 @@ _LAZY = {
     "Engine": ("sglite_runtime.entrypoints.engine", "Engine"),
     "Runtime": ("sglite_runtime.entrypoints.launcher", "Runtime"),
     "launch_server": ("sglite_runtime.entrypoints.launcher", "launch_server"),
+    "ServerArgs": ("sglite_runtime.server_args", "ServerArgs"),
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name in _LAZY:
         import importlib
 
@@ -47,3 +49,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'sglite' has no attribute {name!r}")
+
+
+# `from __future__ import annotations` binds a module global; it is not part of the API.
+del annotations

@@ -18,9 +18,11 @@ from typing import Any, Optional
 from sglite.lang.chat_template import ChatTemplate
 from sglite.lang.ir import (
     SglArgument, SglCommitLazy, SglConstantText, SglExpr, SglExprList, SglGen, SglImage,
-    SglRoleBegin, SglRoleEnd, SglSelect, SglVarScopeBegin, SglVarScopeEnd, SglVariable,
+    SglRoleBegin, SglRoleEnd, SglSelect, SglSeparateReasoning, SglVarScopeBegin, SglVarScopeEnd,
+    SglVariable,
 )
-from sglite.lang.sampling import SglSamplingParams
+from sglite.lang.reasoning import split_reasoning
+from sglite.lang.sampling import SglSamplingParams, typed_completion
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,14 @@ def _walk(expr: SglExpr):
             yield from _walk(e)
     else:
         yield expr
+
+
+def _close_typed(params: SglSamplingParams, text: str, name: Optional[str]) -> str:
+    tail = typed_completion(params.dtype, text)
+    if tail:
+        logger.warning("typed gen %r (dtype=%s) ended early at %r; closed with %r",
+                       name, params.dtype, text[-20:], tail)
+    return tail
 
 
 class _RaiseError(SglExpr):
@@ -92,8 +102,12 @@ class StreamExecutor:
         for node in _walk(expr):
             if isinstance(node, SglImage) and not self.backend.supports_images():
                 raise ValueError("this model does not accept images")
-            name = getattr(node, "name", None)
-            if isinstance(node, (SglGen, SglSelect, SglVarScopeBegin)) and name:
+            names = [getattr(node, "name", None)]
+            if isinstance(node, SglSeparateReasoning):
+                names = [node.process_name_for_reasoning(n) for n in node.names]
+            elif not isinstance(node, (SglGen, SglSelect, SglVarScopeBegin)):
+                names = []
+            for name in filter(None, names):
                 with self.cond:
                     event = threading.Event()
                     self.variable_events[name] = event
@@ -119,6 +133,18 @@ class StreamExecutor:
         else:
             self._mark_finished()
 
+    def text(self) -> str:
+        """The stream's text after everything submitted so far has run."""
+        self.sync()
+        return self.text_
+
+    def messages(self) -> list[dict[str, Any]]:
+        self.sync()
+        return self.messages_
+
+    def error(self) -> Optional[BaseException]:
+        return self.error_
+
     def get_var(self, name: str) -> Any:
         event = self.variable_events.get(name)
         if event is None and name not in self.variables:
@@ -127,6 +153,8 @@ class StreamExecutor:
         if event is not None:
             event.wait()
         if name in self.failed_vars or name not in self.variables:
+            if isinstance(self.error_, ValueError):  # the caller's mistake: the message is enough
+                raise self.error_.with_traceback(None) from None
             if self.error_ is not None:
                 raise self.error_
             raise KeyError(f"variable {name!r} was never produced by this program")
@@ -211,7 +239,9 @@ class StreamExecutor:
         try:
             self._execute(expr)
         except BaseException as e:  # noqa: BLE001 - stored and re-raised at the reader
-            logger.warning("Error in stream_executor: %s: %s", type(e).__name__, e)
+            # A bad input is re-raised where the program reads it; only unexpected errors are logged.
+            if not isinstance(e, ValueError):
+                logger.warning("Error in stream_executor: %s: %s", type(e).__name__, e)
             self.fail(e)
 
     def _mark_finished(self) -> None:
@@ -268,6 +298,8 @@ class StreamExecutor:
             begin_node = self.var_scope_begin.pop(expr.name, None)
             start, node = begin_node if begin_node else (len(self.text_), None)
             self._publish(expr.name, self.text_[start:], node=node)
+        elif isinstance(expr, SglSeparateReasoning):
+            self._execute_separate_reasoning(expr)
         elif isinstance(expr, SglCommitLazy):
             self.backend.commit_prefix(self.text_)  # skips an empty text
         elif isinstance(expr, SglArgument):
@@ -296,11 +328,22 @@ class StreamExecutor:
                     self.cond.notify_all()
                 logprobs.extend(chunk_meta.get("output_token_logprobs") or [])
                 meta = chunk_meta
+            tail = _close_typed(params, value, name)
+            if tail:
+                with self.cond:
+                    self.text_ += tail
+                    value += tail
+                    chunks.append((tail, dict(meta, output_token_logprobs=[])))
+                    self.cond.notify_all()
             if "output_token_logprobs" in meta:
                 meta = dict(meta, output_token_logprobs=logprobs)
             self._publish(name, value, meta, expr)
             return
         text, meta = self.backend.generate(self.text_, params, images)
+        if isinstance(text, list):
+            text = [t + _close_typed(params, t, name) for t in text]
+        else:
+            text += _close_typed(params, text, name)
         # n > 1: the variable is the list of samples; the text continues with sample 0.
         self._append(text[0] if isinstance(text, list) else text)
         self._publish(name, text, meta, expr)
@@ -314,6 +357,19 @@ class StreamExecutor:
             with self.cond:
                 self.stream_chunks[expr.name] = [(decision.decision, decision.meta_info)]
         self._publish(expr.name, decision.decision, decision.meta_info, expr)
+
+    def _execute_separate_reasoning(self, expr: SglSeparateReasoning) -> None:
+        for name in expr.names:
+            value = self.variables.get(name)
+            if not isinstance(value, str):
+                raise TypeError(f"separate_reasoning needs one string in {name!r} (n > 1 is not supported)")
+            reasoning, answer = split_reasoning(value, expr.model_type)
+            with self.cond:
+                at = self.text_.rfind(value)  # the gen's own text: keep only the answer there
+                if at >= 0:
+                    self.text_ = self.text_[:at] + answer + self.text_[at + len(value):]
+                self.variables[name] = answer
+            self._publish(expr.process_name_for_reasoning(name), reasoning, node=expr)
 
     def _execute_role_begin(self, role: str) -> None:
         if self.cur_role is not None:

@@ -10,6 +10,7 @@ from sglite.lang.sampling import SglSamplingParams
 def _defaults(**kw: Any) -> SglSamplingParams:
     kw["stop"] = [] if kw["stop"] is None else kw["stop"]
     kw["stop_token_ids"] = [] if kw["stop_token_ids"] is None else kw["stop_token_ids"]
+    kw["stop_regex"] = [] if kw["stop_regex"] is None else kw["stop_regex"]
     return SglSamplingParams(**kw)
 
 
@@ -53,6 +54,7 @@ class SglFunction:
 
     def run(self, *args: Any, max_new_tokens: int = 128, n: int = 1,
             stop: Union[None, str, list[str]] = None, stop_token_ids: Optional[list[int]] = None,
+            stop_regex: Union[None, str, list[str]] = None,
             temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0,
             frequency_penalty: float = 0.0, presence_penalty: float = 0.0, ignore_eos: bool = False,
             return_logprob: Optional[bool] = None, logprob_start_len: Optional[int] = None,
@@ -72,6 +74,7 @@ class SglFunction:
 
         defaults = _defaults(
             max_new_tokens=max_new_tokens, n=n, stop=stop, stop_token_ids=stop_token_ids,
+            stop_regex=stop_regex,
             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
             ignore_eos=ignore_eos, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
@@ -89,18 +92,22 @@ class SglFunction:
 
     def run_batch(self, batch_kwargs: list[Any], *, max_new_tokens: int = 128, n: int = 1,
                   stop: Union[None, str, list[str]] = None, stop_token_ids: Optional[list[int]] = None,
+                  stop_regex: Union[None, str, list[str]] = None,
                   temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1, min_p: float = 0.0,
                   frequency_penalty: float = 0.0, presence_penalty: float = 0.0, ignore_eos: bool = False,
                   return_logprob: Optional[bool] = None, logprob_start_len: Optional[int] = None,
                   top_logprobs_num: Optional[int] = None, return_text_in_logprobs: Optional[bool] = None,
                   backend: Any = None, num_threads: Union[str, int] = "auto", progress_bar: bool = False,
-                  seed: Optional[int] = None, compile: Union[bool, str] = False):
+                  generator_style: bool = False, seed: Optional[int] = None,
+                  compile: Union[bool, str] = False):
         """Run the program once per element of ``batch_kwargs`` (dicts, or positional tuples).
 
         Programs run concurrently on a thread pool (``num_threads``; "auto" is
         ``max(96, 16 * cpu_count)`` capped at the batch size) and each is synced;
         the states come back in input order. ``progress_bar`` shows a tqdm bar.
         ``compile`` as in :meth:`run`: compiled programs go to the runtime in ONE call.
+        ``generator_style=True`` returns a generator of states in input order instead of a
+        list, submitting 200 programs at a time (SGLang's behaviour).
         """
         from sglite.lang.interpreter import run_program_batch
 
@@ -121,20 +128,40 @@ class SglFunction:
                 raise TypeError(f"batch items must be dicts or tuples, got {type(item).__name__}")
         defaults = _defaults(
             max_new_tokens=max_new_tokens, n=n, stop=stop, stop_token_ids=stop_token_ids,
+            stop_regex=stop_regex,
             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
             ignore_eos=ignore_eos, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
             top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs, seed=seed,
         )
+        if generator_style:
+            if compile is not False:
+                raise ValueError("run_batch: generator_style and compile cannot be combined")
+            from sglite.lang.interpreter import run_program_batch_iter
+
+            states = run_program_batch_iter(self.func, backend, normalized, defaults, num_threads)
+            if progress_bar:
+                from tqdm.auto import tqdm
+
+                return iter(tqdm(states, total=len(normalized)))
+            return states
         if compile is not False:
             from sglite.lang.compiler import run_batch_maybe_compiled
+            from sglite.lang.interpreter import new_progress_bar
 
-            states, rest = run_batch_maybe_compiled(self, normalized, defaults, backend, compile)
-            if rest:
-                interpreted = run_program_batch(self.func, backend, [normalized[i] for i in rest], defaults,
-                                                num_threads, progress_bar)
-                for i, st in zip(rest, interpreted):
-                    states[i] = st
+            bar = new_progress_bar(len(normalized)) if progress_bar else None
+            try:
+                states, rest = run_batch_maybe_compiled(self, normalized, defaults, backend, compile)
+                if bar is not None:  # the compiled programs ran in one call
+                    bar.update(len(normalized) - len(rest))
+                if rest:
+                    interpreted = run_program_batch(self.func, backend, [normalized[i] for i in rest], defaults,
+                                                    num_threads, bar if bar is not None else False)
+                    for i, st in zip(rest, interpreted):
+                        states[i] = st
+            finally:
+                if bar is not None:
+                    bar.close()
             return states
         return run_program_batch(self.func, backend, normalized, defaults, num_threads, progress_bar)
 
@@ -147,6 +174,12 @@ class SglFunction:
         from sglite.lang.compiler import compile_function
 
         return compile_function(self, self._call_kwargs(args, kwargs))
+
+    def cache(self, backend: Any = None) -> None:
+        """Pre-cache the program's static prefix on ``backend`` (SGLang's ``cache``)."""
+        from sglite.lang.interpreter import cache_program
+
+        cache_program(self, backend)
 
     def trace(self, *, backend: Any = None, **kwargs: Any):
         """Record the program as an expression graph (needs ``sglite.lang.tracer``)."""

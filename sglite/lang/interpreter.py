@@ -19,7 +19,8 @@ from sglite.lang.sampling import SglSamplingParams
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProgramState", "ProgramStateGroup", "StreamExecutor", "run_program", "run_program_batch"]
+__all__ = ["ProgramState", "ProgramStateGroup", "StreamExecutor", "cache_program", "run_program",
+           "run_program_batch", "run_program_batch_iter"]
 
 
 def resolve_backend(backend: Any) -> Any:
@@ -93,8 +94,49 @@ def run_program_batch(func: Callable[..., Any], backend: Any, batch_kwargs: list
         if progress_bar:
             from concurrent.futures import as_completed
 
-            from tqdm.auto import tqdm
-
-            for _ in tqdm(as_completed(futures), total=len(futures)):
-                pass
+            # progress_bar may be a bar that the caller already advanced (compiled part of a batch).
+            bar = progress_bar if hasattr(progress_bar, "update") else new_progress_bar(len(futures))
+            for _ in as_completed(futures):
+                bar.update(1)
+            if bar is not progress_bar:
+                bar.close()
         return [f.result() for f in futures]
+
+
+def new_progress_bar(total: int) -> Any:
+    """A tqdm bar; ``tqdm.auto`` renders it as a widget in notebooks when ipywidgets is installed."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total)
+
+
+def run_program_batch_iter(func: Callable[..., Any], backend: Any, batch_kwargs: list[dict[str, Any]],
+                           default_sampling_params: SglSamplingParams,
+                           num_threads: Union[str, int] = "auto", chunk_size: int = 200):
+    """``run_batch(generator_style=True)``: yield finished states in input order, submitting
+    at most ``chunk_size`` programs at a time so that the first results arrive early."""
+    backend = resolve_backend(backend)
+    workers = _num_threads(num_threads, max(1, len(batch_kwargs)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sglite-batch") as pool:
+        for start in range(0, len(batch_kwargs), chunk_size):
+            futures = [pool.submit(run_program, func, backend, (), kw, default_sampling_params, False, True)
+                       for kw in batch_kwargs[start:start + chunk_size]]
+            for f in futures:
+                yield f.result()
+
+
+def cache_program(program: Any, backend: Any) -> None:
+    """Prefill the program's static prefix (its text before the first gen) on ``backend``,
+    so that later runs hit the prefix cache. Programs that cannot be traced are skipped."""
+    from sglite.lang.plan import rendered_static_prefix
+    from sglite.lang.tracer import NotCompilable, trace_program
+
+    try:
+        graph = trace_program(program, {})
+    except NotCompilable as e:
+        logger.info("cache_program: %s is not traceable (%s); nothing cached", program, e)
+        return
+    backend = resolve_backend(backend)
+    prefix = rendered_static_prefix(graph, backend.chat_template)
+    if prefix:
+        backend.commit_prefix(prefix)

@@ -12,7 +12,16 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from sglite.lang.sampling import SglSamplingParams
+from sglite.lang.function import SglFunction
+from sglite.lang.sampling import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, SglSamplingParams
+
+# SGLang's module path for these names (``from sglang.lang.ir import REGEX_INT, SglFunction``).
+__all__ = [
+    "REGEX_BOOL", "REGEX_FLOAT", "REGEX_INT", "REGEX_STR", "SglArgument", "SglCommitLazy",
+    "SglConstantText", "SglExpr", "SglExprList", "SglFork", "SglFunction", "SglGen", "SglGetForkItem",
+    "SglImage", "SglRoleBegin", "SglRoleEnd", "SglSamplingParams", "SglSelect", "SglSeparateReasoning",
+    "SglVarScopeBegin", "SglVarScopeEnd", "SglVariable",
+]
 
 _node_ids = itertools.count()
 
@@ -197,3 +206,38 @@ class SglArgument(SglExpr):
 
     def __str__(self) -> str:
         raise TypeError(f"cannot convert the traced argument {self.name!r} to str")
+
+
+@dataclass(eq=False)
+class SglSeparateReasoning(SglExpr):
+    """After ``expr`` ran: split each of its gens' ``<think>...</think>`` part into
+    ``<name>_reasoning_content`` and keep only the answer in ``<name>`` and in the text."""
+
+    model_type: Optional[str] = None
+    expr: Optional[SglExpr] = None
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            self.names = [n.name for n in _walk_exprs(self.expr) if isinstance(n, (SglGen, SglSelect))]
+            if any(not n for n in self.names):
+                raise ValueError("separate_reasoning needs named gens (name must be provided)")
+
+    @staticmethod
+    def process_name_for_reasoning(name: Optional[str]) -> str:
+        if not name:
+            raise ValueError("name must be provided")
+        return f"{name}_reasoning_content"
+
+    @property
+    def name(self) -> Optional[str]:
+        """The reasoning variable of the (first) gen, as in SGLang."""
+        return self.process_name_for_reasoning(self.names[0]) if self.names else None
+
+
+def _walk_exprs(expr: Optional[SglExpr]):
+    if isinstance(expr, SglExprList):
+        for e in expr.exprs:
+            yield from _walk_exprs(e)
+    elif expr is not None:
+        yield expr

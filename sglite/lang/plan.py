@@ -87,6 +87,24 @@ def static_prefix(graph: ProgramGraph) -> str:
     return "".join(out)
 
 
+def rendered_static_prefix(graph: ProgramGraph, chat_template: Any) -> str:
+    """The root's leading constant text as the runtime will see it (roles rendered with
+    ``chat_template``): what to pre-cache, and what a cache-aware router places by."""
+    out: list[str] = []
+    history: list[str] = []
+    for n in graph.streams[0].nodes:
+        if n["op"] == "fill":
+            out.append(n["text"])
+        elif n["op"] == "role_begin":
+            out.append(chat_template.prefix(n["role"], tuple(history)))
+        elif n["op"] == "role_end":
+            out.append(chat_template.suffix(n["role"], tuple(history)))
+            history.append(n["role"])
+        elif n["op"] not in ("var_begin", "var_end", "set_var"):
+            break
+    return "".join(out)
+
+
 def format_plan(graph: ProgramGraph) -> str:
     """The plan as text (see the module docstring)."""
     n_requests = sum(1 for _, n in graph.iter_nodes() if n["op"] in REQUESTS)

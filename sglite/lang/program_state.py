@@ -17,6 +17,26 @@ logger = logging.getLogger(__name__)
 _WAIT_S = 0.5  # condition wait granularity: wake up to re-check errors/finish
 
 
+# Per-chunk meta fields (the rest are cumulative and the latest value wins), as in SGLang.
+_INCREMENTAL_META_KEYS = ("output_token_logprobs", "output_top_logprobs", "output_token_ids_logprobs")
+
+
+def _merge_meta(pending: Optional[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    if pending is None:
+        return dict(meta)
+    merged = dict(meta)
+    for key in _INCREMENTAL_META_KEYS:
+        if key in meta or key in pending:
+            merged[key] = list(pending.get(key) or []) + list(meta.get(key) or [])
+    return merged
+
+
+def _refuse_position_ids_offset(offset: Any) -> None:
+    if offset is not None:
+        raise ValueError("fork(position_ids_offset=...) is not supported: sglite's runtime assigns "
+                         "positions from the text; fork without it")
+
+
 class ProgramState:
     """The state of one running program: text, variables, messages.
 
@@ -111,14 +131,17 @@ class ProgramState:
         return self.stream_executor.error_
 
     # -- forking ------------------------------------------------------------
-    def fork(self, size: int = 1) -> "ProgramStateGroup":
-        """Split into ``size`` branches sharing the current text (and its KV cache)."""
+    def fork(self, size: int = 1, position_ids_offset: Optional[list[int]] = None) -> "ProgramStateGroup":
+        """Split into ``size`` branches sharing the current text (and its KV cache).
+
+        ``position_ids_offset`` (SGLang's, for its parallel-encoding experiment) is refused."""
+        _refuse_position_ids_offset(position_ids_offset)
         children = self.stream_executor.fork(size)
         return ProgramStateGroup([ProgramState(c) for c in children], self)
 
-    def copy(self) -> "ProgramState":
+    def copy(self, position_ids_offset: Optional[list[int]] = None) -> "ProgramState":
         """An independent branch; ``with s.copy() as c:`` ends it on exit."""
-        return self.fork(1)[0]
+        return self.fork(1, position_ids_offset)[0]
 
     def __enter__(self) -> "ProgramState":
         return self
@@ -150,7 +173,7 @@ class ProgramState:
                     yield chunk, {}
                 if done:
                     return
-        idx = 0
+        idx, pending = 0, None
         while True:
             with ex.cond:
                 while True:
@@ -164,7 +187,12 @@ class ProgramState:
                 new = chunks[idx:]
                 idx += len(new)
                 done = event is None or event.is_set()
-            yield from new
+            for chunk, meta in new:
+                if not chunk:  # nothing to show yet: carry its logprobs into the next chunk
+                    pending = _merge_meta(pending, meta)
+                    continue
+                yield chunk, _merge_meta(pending, meta) if pending is not None else meta
+                pending = None
             if done:
                 if idx == 0:  # produced without streaming (var_scope, n > 1, ...): one piece
                     yield self.get_var(var), ex.meta_info.get(var) or {}
@@ -181,7 +209,10 @@ class ProgramState:
                               return_meta_data: bool = False) -> AsyncIterator[Any]:
         """Async form of :meth:`text_iter`; with ``return_meta_data`` yield ``(chunk, meta)``.
 
-        Each chunk's meta carries that chunk's own ``output_token_logprobs``.
+        Chunks are never empty. Each chunk's meta carries that chunk's own
+        ``output_token_logprobs`` (those of tokens that produced no text yet are carried
+        into the next chunk) and the runtime's cumulative counters
+        (``completion_tokens``, ``output_token_logprobs_length``, ...).
         """
         loop = asyncio.get_running_loop()
         it = self._iter_chunks(var_name)

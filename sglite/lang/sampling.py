@@ -11,17 +11,22 @@ from typing import Any, Optional, Union
 
 logger = logging.getLogger(__name__)
 
-# dtype -> (regex, extra stop strings). Same table as SGLang so programs port 1:1.
-REGEX_INT = r"[-+]?[0-9]+[ \n]*"
-REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
-REGEX_STR = r"\"[\w\d\s]*\""
+# dtype -> regex. SGLang's names; the patterns are tightened so that every typed gen is a
+# valid literal (SGLang's REGEX_STR let raw newlines through and REGEX_INT had no length bound):
+# int: JSON integer of at most 18 digits, so always inside int64;
+# float: JSON number (no exponent), finite in float64;
+# str: JSON string literal -- escapes allowed, raw control characters not;
+# bool: Python's literals, as in SGLang (programs compare against "True").
+REGEX_INT = r"-?(?:0|[1-9][0-9]{0,17})"
+REGEX_FLOAT = r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,15})?"
+REGEX_STR = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
 REGEX_BOOL = r"(True|False)"
 
-_DTYPE_TABLE: dict[str, tuple[str, list[str]]] = {
-    "int": (REGEX_INT, [" ", "\n"]),
-    "float": (REGEX_FLOAT, [" ", "\n"]),
-    "str": (REGEX_STR, []),
-    "bool": (REGEX_BOOL, []),
+_DTYPE_TABLE: dict[str, str] = {
+    "int": REGEX_INT,
+    "float": REGEX_FLOAT,
+    "str": REGEX_STR,
+    "bool": REGEX_BOOL,
 }
 
 
@@ -69,6 +74,7 @@ class SglSamplingParams:
     n: Optional[int] = 1
     stop: Union[None, str, list[str]] = field(default_factory=list)
     stop_token_ids: Optional[list[int]] = field(default_factory=list)
+    stop_regex: Union[None, str, list[str]] = field(default_factory=list)
     temperature: Optional[float] = 1.0
     top_p: Optional[float] = 1.0
     top_k: Optional[int] = -1
@@ -86,6 +92,7 @@ class SglSamplingParams:
     dtype: Optional[str] = None
     regex: Optional[str] = None
     json_schema: Optional[str] = None
+    ebnf: Optional[str] = None  # a context-free grammar, SGLang's EBNF syntax (root ::= ...)
 
     def override(self, other: "SglSamplingParams") -> "SglSamplingParams":
         """Copy of ``self`` with every non-None field of ``other`` applied."""
@@ -107,8 +114,7 @@ class SglSamplingParams:
         if self.dtype is not None:
             if regex is not None:
                 logger.warning("both dtype and regex are set; dtype=%s wins", self.dtype)
-            regex, extra_stop = _DTYPE_TABLE[self.dtype]
-            stop = stop + [s for s in extra_stop if s not in stop]
+            regex = _DTYPE_TABLE[self.dtype]
         if regex is not None and self.json_schema is not None:
             raise ValueError("a gen may use only one of regex/dtype and json_schema")
         sp: dict[str, Any] = {
@@ -134,7 +140,13 @@ class SglSamplingParams:
         if self.repetition_penalty is not None:
             sp["repetition_penalty"] = self.repetition_penalty
         if self.seed is not None:
-            sp["seed"] = self.seed  # sglite_runtime.SamplingParams.seed
+            sp["seed"] = self.seed
+        if self.ebnf is not None:
+            if regex is not None or self.json_schema is not None:
+                raise ValueError("a gen may use only one of regex/dtype, json_schema and ebnf")
+            sp["ebnf"] = self.ebnf
+        if self.stop_regex:
+            sp["stop_regex"] = _as_list(self.stop_regex)  # sglite_runtime.SamplingParams.seed
         top: dict[str, Any] = {}
         for name in ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs"):
             value = getattr(self, name)
@@ -143,7 +155,50 @@ class SglSamplingParams:
         return sp, top
 
 
+def typed_completion(dtype: Optional[str], text: str) -> str:
+    """The suffix that closes a typed gen cut short (by ``max_tokens`` or an abort).
+
+    The grammar keeps every typed gen a prefix of a valid literal; when the budget ends
+    it early this completes it (a string gets its closing quote, a dangling escape is
+    finished, a lone ``-`` becomes ``-0``) so that the value always parses. Append-only,
+    so streamed text already handed out stays a prefix. ``""`` when nothing is missing.
+    """
+    if dtype is None or dtype not in _DTYPE_TABLE or re.fullmatch(_DTYPE_TABLE[dtype], text):
+        return ""
+    if dtype == "str":
+        if not text:
+            return '""'
+        body = text[1:]
+        m = re.search(r"(\\+)$", body)
+        if m and len(m.group(1)) % 2 == 1:
+            return '\\"'  # a lone trailing backslash: escape a backslash, then close
+        m = re.search(r"\\u([0-9a-fA-F]{0,3})$", body)
+        if m and (len(body) - len(m.group(0))) >= 0 and _escape_starts_at(body, len(body) - len(m.group(0))):
+            return "0" * (4 - len(m.group(1))) + '"'
+        return '"'
+    if dtype == "bool":
+        for word in ("True", "False"):
+            if word.startswith(text):
+                return word[len(text):]
+        return ""
+    if dtype in ("int", "float"):
+        if text in ("", "-") or text.endswith("."):
+            return "0"
+    return ""
+
+
+def _escape_starts_at(body: str, pos: int) -> bool:
+    """True when the backslash at ``pos`` starts an escape (an even run of backslashes before it)."""
+    run = 0
+    while pos - run - 1 >= 0 and body[pos - run - 1] == "\\":
+        run += 1
+    return run % 2 == 0
+
+
 def validate_regex(regex: Optional[str]) -> None:
-    """Fail at program-build time (``re.error``) rather than deep in the server."""
+    """Fail at program-build time (a one-line ``ValueError``) rather than deep in the server."""
     if regex is not None:
-        re.compile(regex)
+        try:
+            re.compile(regex)
+        except re.error as e:
+            raise ValueError(f"invalid regex {regex!r}: {e}") from None

@@ -16,6 +16,11 @@ class StateGroupBase:
     def __getitem__(self, i: int) -> Any:
         return self.states[i]
 
+    def __setitem__(self, i: int, value: Any) -> None:
+        # ``forks[i] += x`` is ``forks[i] = forks[i].__iadd__(x)``: the same branch comes back.
+        if value is not self.states[i]:
+            raise TypeError("a fork branch cannot be replaced; append to it with forks[i] += ...")
+
     def __len__(self) -> int:
         return len(self.states)
 

@@ -26,7 +26,7 @@ from sglite.backend.select_scoring import score_choices
 from sglite.lang import choices as choices_mod
 from sglite.lang.chat_template import ChatTemplate
 from sglite.lang.graph import PRODUCERS, ProgramGraph, validate_graph, validate_sampling_defaults
-from sglite.lang.sampling import SglSamplingParams
+from sglite.lang.sampling import SglSamplingParams, typed_completion
 from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
 
 logger = logging.getLogger(__name__)
@@ -281,11 +281,15 @@ class _GraphRun:
                 logprobs.extend(meta.get("output_token_logprobs") or [])
                 self._append(st, delta, var=name)
             _check_abort(meta)
+            tail = typed_completion(params.dtype, prev)  # a typed gen cut by max_tokens: close it
+            self._append(st, tail, var=name)
             if "output_token_logprobs" in meta:
                 meta["output_token_logprobs"] = logprobs
-            self._publish(st, node, name, prev, meta)
+            self._publish(st, node, name, prev + tail, meta)
             return
         resp = await _collect(self.tm, obj, self.request)
+        for r in resp if isinstance(resp, list) else [resp]:
+            r["text"] += typed_completion(params.dtype, r["text"])
         if isinstance(resp, list) and not (n == 1 and len(resp) == 1):
             for r in resp:
                 _check_abort(r["meta_info"])

@@ -24,3 +24,25 @@ def backend(model: FakeModel) -> FakeBackend:
     sglite.set_default_backend(b)
     yield b
     sglite.set_default_backend(None)
+
+
+@pytest.fixture(scope="session")
+def engine_backend(request):
+    """An in-process ``sglite.Engine`` over the shipped model, shared by the session."""
+    engine = sglite.Engine(model_path=request.getfixturevalue("shipped_model_path"), max_total_tokens=8192)
+    yield sglite.backend.as_backend(engine)
+    engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def http_backend(request):
+    """An sglite server (``sglite.Runtime``) over the shipped model, shared by the session."""
+    runtime = sglite.Runtime(model_path=request.getfixturevalue("shipped_model_path"), max_total_tokens=8192)
+    yield sglite.backend.as_backend(runtime)
+    runtime.shutdown()
+
+
+@pytest.fixture(params=["engine", "http"])
+def real_backend(request):
+    """Both of the above, one after the other; the caller resets any default backend it sets."""
+    return request.getfixturevalue(f"{request.param}_backend")

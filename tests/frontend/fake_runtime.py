@@ -31,9 +31,9 @@ class FakeError(Exception):
 def default_responder(prompt: str, sp: dict[str, Any], index: int) -> str:
     regex = sp.get("regex")
     if regex == REGEX_INT:
-        return "42 is the answer"
+        return "42"
     if regex == REGEX_FLOAT:
-        return "3.5 or so"
+        return "3.5"
     if regex == REGEX_BOOL:
         return "True"
     if regex == REGEX_STR:
