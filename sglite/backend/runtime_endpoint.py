@@ -10,6 +10,22 @@ from sglite.backend.base import BaseBackend
 logger = logging.getLogger(__name__)
 
 
+def _raise_error(message: str, status: Any) -> None:
+    """One error model on every backend: the caller's mistakes (4xx) are ``ValueError``s, as on
+    ``sglite.Engine``; anything else is a ``RuntimeError``."""
+    try:
+        status = int(status)
+    except (TypeError, ValueError):
+        status = 500
+    if 400 <= status < 500 and status not in (401, 403, 404, 408, 429, 499):
+        raise ValueError(message)
+    raise RuntimeError(message)
+
+
+def _error_status(err: Any) -> Any:
+    return err.get("code", 500) if isinstance(err, dict) else 500
+
+
 def _error_message(resp: Any) -> str:
     """Pull ``error.message`` out of an error body, else the raw body."""
     try:
@@ -57,7 +73,7 @@ class RuntimeEndpoint(BaseBackend):
 
     def _checked(self, resp: Any) -> Any:
         if resp.status_code != 200:
-            raise RuntimeError(_error_message(resp))
+            _raise_error(_error_message(resp), resp.status_code)
         return resp
 
     def _fetch_model_info(self) -> dict[str, Any]:
@@ -84,7 +100,8 @@ class RuntimeEndpoint(BaseBackend):
                 chunk = json.loads(data)
                 if isinstance(chunk, dict) and "error" in chunk:
                     err = chunk["error"]
-                    raise RuntimeError(str(err.get("message", err)) if isinstance(err, dict) else str(err))
+                    _raise_error(str(err.get("message", err)) if isinstance(err, dict) else str(err),
+                                 _error_status(err))
                 yield chunk
         finally:
             resp.close()
@@ -115,7 +132,8 @@ class RuntimeEndpoint(BaseBackend):
                 event = json.loads(data)
                 if isinstance(event, dict) and "error" in event and "type" not in event:
                     err = event["error"]
-                    raise RuntimeError(str(err.get("message", err)) if isinstance(err, dict) else str(err))
+                    _raise_error(str(err.get("message", err)) if isinstance(err, dict) else str(err),
+                                 _error_status(err))
                 yield event
         finally:
             resp.close()

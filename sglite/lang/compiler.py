@@ -257,7 +257,8 @@ def run_maybe_compiled(func: Any, call_kwargs: dict[str, Any], defaults: SglSamp
     except NotCompilable as e:
         if mode is True:
             raise
-        logger.info("running %s with the interpreter: %s", getattr(func, "__name__", "program"), e)
+        # A warning, so the reason is visible without any logging setup (Python's last-resort handler).
+        logger.warning("running %s with the interpreter: %s", getattr(func, "__name__", "program"), e)
         return None
     return program.run_with(backend, defaults, stream)
 
@@ -283,8 +284,12 @@ def run_batch_maybe_compiled(func: Any, batch: list[dict[str, Any]], defaults: S
         except NotCompilable as e:
             if mode is True:
                 raise
-            logger.info("program %d of the batch runs with the interpreter: %s", i, e)
+            if not fallback:  # one warning per batch, with the first reason
+                reason = str(e)
             fallback.append(i)
+    if fallback:
+        logger.warning("%d of %d programs of the batch run with the interpreter (first: program %d: %s)",
+                       len(fallback), len(batch), fallback[0], reason)
     if graphs:
         for i, g in graphs:
             states[i] = CompiledProgramState(g)

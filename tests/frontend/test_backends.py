@@ -42,11 +42,12 @@ def test_exact_generate_body(server):
     assert state.get_meta_info("a")["output_token_logprobs_length"] == 3
 
 
-def test_http_error_body_becomes_runtime_error(server):
+def test_http_400_body_becomes_value_error(server):
+    # One error model: a 400 is the caller's mistake, a ValueError as on sglite.Engine.
     server.model.fail_on = lambda p: "Input length 9999 exceeds the context length"
     ep = RuntimeEndpoint(server.url)
     state = program.run(backend=ep)
-    with pytest.raises(RuntimeError, match="^Input length 9999 exceeds the context length$"):
+    with pytest.raises(ValueError, match="^Input length 9999 exceeds the context length$"):
         state["a"]
 
 
