@@ -3,31 +3,28 @@
 Each request is translated into one native ``GenerateReqInput`` (a batch for several prompts or
 ``n > 1``), so the OpenAI surface shares validation, scheduling and abort-on-disconnect with
 ``/generate``. Streaming turns the TokenizerManager's cumulative text into OpenAI deltas.
+The chat route (tools, reasoning) lives in openai_chat.py, shared helpers in openai_common.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
-from sglite_runtime.entrypoints.http_utils import SSE_DONE, abort_status, error_body, error_response, json_response, sse
+from sglite_runtime.entrypoints.http_utils import error_response, json_response
+from sglite_runtime.entrypoints.openai_chat import chat_completion, render_chat
+from sglite_runtime.entrypoints.openai_common import (APIError, _check_model, _Deltas, _finish, _first, _run,
+                                                      _sampling, _sse_stream, _usage)
 from sglite_runtime.entrypoints.openai_protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                                                        SGLangExtras, TokenizeRequest)
+                                                        TokenizeRequest)
 from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
 
-
-class APIError(Exception):
-    """An error with an HTTP status, rendered in OpenAI's error shape."""
-
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+#: Kept under its old name (tests and callers render prompts with it).
+_render_chat = render_chat
 
 
 def add_openai_routes(app: FastAPI, state: Any) -> None:
@@ -61,13 +58,13 @@ def add_openai_routes(app: FastAPI, state: Any) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
         _check_model(state.tm, req.model)
-        return await _chat(state.tm, req, request)
+        return await chat_completion(state.tm, req, request)
 
     async def tokenize(req: TokenizeRequest) -> Response:
         tm = state.tm
         _check_model(tm, req.model)
         if req.messages is not None:
-            ids = tm.tokenizer.encode(_render_chat(tm, req.messages, req.add_generation_prompt), add_special_tokens=False)
+            ids = tm.tokenizer.encode(render_chat(tm, req.messages, req.add_generation_prompt), add_special_tokens=False)
         else:
             text = req.prompt if req.prompt is not None else req.text
             if text is None:
@@ -90,107 +87,6 @@ def add_openai_routes(app: FastAPI, state: Any) -> None:
 
 
 _START = time.time()
-
-
-def _check_model(tm: Any, model: str | None) -> None:
-    if model is not None and model not in (tm.served_model_name, tm.model_path):
-        raise APIError(404, f"The model `{model}` does not exist.", "model")
-
-
-def _sampling(req: SGLangExtras, max_tokens: int | None, json_schema: str | None = None) -> dict:
-    sp: dict[str, Any] = {
-        "max_new_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
-        "min_p": req.min_p, "min_new_tokens": req.min_tokens, "repetition_penalty": req.repetition_penalty,
-        "presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty,
-        "stop": req.stop, "stop_token_ids": req.stop_token_ids, "ignore_eos": req.ignore_eos,
-        "skip_special_tokens": req.skip_special_tokens, "no_stop_trim": req.no_stop_trim, "n": req.n,
-        "seed": req.seed, "regex": req.regex, "logit_bias": req.logit_bias,
-    }
-    schema = json_schema if json_schema is not None else req.json_schema
-    if isinstance(schema, dict):
-        schema = json.dumps(schema)
-    sp["json_schema"] = schema
-    return {k: v for k, v in sp.items() if v is not None or k == "max_new_tokens"}
-
-
-def _finish(meta: dict) -> str | None:
-    fr = meta.get("finish_reason")
-    if not fr:
-        return None
-    return {"stop": "stop", "length": "length"}.get(fr.get("type"), fr.get("type"))
-
-
-def _usage(outs: list[dict], n: int) -> dict:
-    # The prompt counts once per prompt, not once per sample.
-    prompt = sum(o["meta_info"]["prompt_tokens"] for i, o in enumerate(outs) if i % n == 0)
-    cached = sum(o["meta_info"]["cached_tokens"] for i, o in enumerate(outs) if i % n == 0)
-    completion = sum(o["meta_info"]["completion_tokens"] for o in outs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
-
-
-async def _run(tm: Any, obj: GenerateReqInput, request: Request) -> list[dict]:
-    """Non-streaming generation; always a list of outputs (prompt-major, then sample)."""
-    out = None
-    try:
-        async for out in tm.generate_request(obj, request):
-            pass
-    except asyncio.CancelledError:
-        raise APIError(499, "Client disconnected.") from None
-    outs = out if isinstance(out, list) else [out]
-    for o in outs:
-        if bad := abort_status(o["meta_info"]):
-            raise APIError(bad[0], bad[1])
-    return outs
-
-
-async def _first(agen: Any) -> Any:
-    try:
-        return await agen.__anext__()
-    except StopAsyncIteration:
-        return None
-    except BaseException:
-        await agen.aclose()
-        raise
-
-
-async def _sse_stream(first: Any, agen: Any, make_chunks: Any, finish: Any) -> AsyncIterator[str]:
-    """Shared SSE loop: every TM chunk becomes zero or more OpenAI chunks; errors go in-band."""
-    try:
-        if first is not None:
-            for c in make_chunks(first):
-                yield sse(c)
-        async for item in agen:
-            for c in make_chunks(item):
-                yield sse(c)
-        for c in finish():
-            yield sse(c)
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:
-        yield sse(error_body(str(e) or type(e).__name__, 400 if isinstance(e, ValueError) else 500, True))
-    finally:
-        await agen.aclose()  # aborts whatever is still running (client gone, task cancelled)
-    yield SSE_DONE
-
-
-class _Deltas:
-    """Cumulative text per choice index → deltas; remembers the last meta per index."""
-
-    def __init__(self) -> None:
-        self.sent: dict[int, int] = {}
-        self.metas: dict[int, dict] = {}
-
-    def step(self, chunk: dict) -> tuple[int, str, dict]:
-        i = chunk.get("index", 0)
-        text = chunk["text"]
-        delta = text[self.sent.get(i, 0):]
-        self.sent[i] = len(text)
-        self.metas[i] = chunk["meta_info"]
-        return i, delta, chunk["meta_info"]
-
-    def usage(self, n: int) -> dict:
-        return _usage([{"meta_info": self.metas[i]} for i in sorted(self.metas)], n)
 
 
 class _LazyPrompts:
@@ -288,108 +184,3 @@ async def _completions(tm: Any, req: CompletionRequest, request: Request) -> Res
     return StreamingResponse(_sse_stream(first, agen, make, finish), media_type="text/event-stream")
 
 
-# ---- /v1/chat/completions ------------------------------------------------------------------------
-def _render_chat(tm: Any, messages: list, add_generation_prompt: bool = True) -> str:
-    msgs = []
-    for m in messages:
-        content = m.content
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if part.get("type") != "text":
-                    raise ValueError(f"Content parts of type {part.get('type')!r} are not supported.")
-                parts.append(str(part.get("text", "")))
-            content = "".join(parts)
-        msgs.append({"role": m.role, "content": content or ""})
-    if not msgs:
-        raise ValueError("messages must not be empty.")
-    if tm.tokenizer.chat_template is None and tm.chat_template is None:
-        raise ValueError("This model has no chat template; use /v1/completions or pass --chat-template.")
-    try:
-        return tm.tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=False,
-                                                chat_template=tm.chat_template)
-    except Exception as e:  # template errors (e.g. "roles must alternate") are the client's
-        raise ValueError(f"Could not apply the chat template: {e}") from None
-
-
-def _response_format_schema(req: ChatCompletionRequest) -> str | None:
-    rf = req.response_format
-    if rf is None or rf.type == "text":
-        return None
-    if rf.type == "json_object":
-        return json.dumps({"type": "object"})
-    if rf.json_schema is None or rf.json_schema.schema_ is None:
-        raise APIError(400, "response_format json_schema needs a schema.", "response_format")
-    return json.dumps(rf.json_schema.schema_)
-
-
-def _chat_logprobs(meta: dict, top: int) -> dict:
-    content = []
-    toks = meta.get("output_token_logprobs", [])
-    tops = meta.get("output_top_logprobs", [])
-    for k, (logprob, _tid, text) in enumerate(toks):
-        text = text or ""
-        entry = {"token": text, "logprob": logprob, "bytes": list(text.encode()), "top_logprobs": []}
-        if top and k < len(tops) and tops[k]:
-            entry["top_logprobs"] = [{"token": t or "", "logprob": l, "bytes": list((t or "").encode())}
-                                     for l, _, t in tops[k]]
-        content.append(entry)
-    return {"content": content}
-
-
-async def _chat(tm: Any, req: ChatCompletionRequest, request: Request) -> Response:
-    if req.tools:
-        raise APIError(400, "tools are not supported by this server.", "tools")
-    top = req.top_logprobs
-    if top is not None and not 0 <= top <= 20:
-        raise APIError(400, f"top_logprobs must be in [0, 20], got {top}.", "top_logprobs")
-    if top and not req.logprobs:
-        raise APIError(400, "top_logprobs needs logprobs=true.", "top_logprobs")
-    schema = _response_format_schema(req)
-    if schema is not None and (req.regex or req.json_schema):
-        raise APIError(400, "response_format cannot be combined with regex or json_schema.", "response_format")
-    prompt = _render_chat(tm, req.messages)
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    obj = GenerateReqInput(text=prompt, sampling_params=_sampling(req, max_tokens, schema), rid=req.rid,
-                           return_logprob=req.logprobs, top_logprobs_num=top or 0,
-                           return_text_in_logprobs=True, stream=req.stream)
-    n = req.n
-    cid = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    model = tm.served_model_name
-
-    if not req.stream:
-        outs = await _run(tm, obj, request)
-        choices = [{"index": i, "message": {"role": "assistant", "content": o["text"]},
-                    "logprobs": _chat_logprobs(o["meta_info"], top or 0) if req.logprobs else None,
-                    "finish_reason": _finish(o["meta_info"])} for i, o in enumerate(outs)]
-        return json_response({"id": cid, "object": "chat.completion", "created": created, "model": model,
-                              "choices": choices, "usage": _usage(outs, n)})
-
-    agen = tm.generate_request(obj, request)
-    first = await _first(agen)
-    deltas = _Deltas()
-    started: set[int] = set()
-
-    def chunk(i: int, delta: dict, logprobs: Any, finish: str | None) -> dict:
-        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
-
-    def make(item: dict) -> list[dict]:
-        i, text, meta = deltas.step(item)
-        out = []
-        if i not in started:
-            started.add(i)
-            out.append(chunk(i, {"role": "assistant", "content": ""}, None, None))
-        lps = _chat_logprobs(meta, top or 0) if req.logprobs else None
-        if text or lps and lps["content"] or _finish(meta):
-            out.append(chunk(i, {"content": text} if text else {}, lps, _finish(meta)))
-        return out
-
-    def finish() -> list[dict]:
-        if req.stream_options and req.stream_options.include_usage:
-            return [{"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [], "usage": deltas.usage(n)}]
-        return []
-
-    return StreamingResponse(_sse_stream(first, agen, make, finish), media_type="text/event-stream")

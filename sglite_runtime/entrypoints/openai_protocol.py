@@ -30,6 +30,12 @@ class SGLangExtras(BaseModel):
     no_stop_trim: bool = False
     regex: str | None = None
     json_schema: str | dict[str, Any] | None = None
+    ebnf: str | None = None
+    # vLLM's names for the same constraints (guided_grammar is EBNF here).
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
     rid: str | None = None
 
 
@@ -62,6 +68,7 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None  # a previous turn's thinking; not sent to the template
 
 
 class JsonSchemaFormat(BaseModel):
@@ -100,6 +107,13 @@ class ChatCompletionRequest(SGLangExtras):
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    # Legacy function calling: refused with a 400 naming it (use tools).
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    # SGLang: put <think>...</think> in reasoning_content (default on with --reasoning-parser).
+    separate_reasoning: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     user: str | None = None
 
 
