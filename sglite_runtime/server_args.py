@@ -78,6 +78,10 @@ class ServerArgs:
     def __post_init__(self) -> None:
         if self.model_path is None:
             self.model_path = SHIPPED_MODEL_PATH
+    # Request limits (HTTP 400/413): sequences one request may fan out to (prompts x n), and
+    # the request body size, checked while reading, before parsing.
+    max_fanout: int = 1024
+    max_request_body_bytes: int = 8 * 1024 * 1024
         if self.tokenizer_path is None:
             self.tokenizer_path = self.model_path
         if self.served_model_name is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import uuid
 from typing import Any, AsyncIterator
@@ -33,7 +34,6 @@ from sglite_runtime.server_args import ServerArgs
 logger = logging.getLogger(__name__)
 
 HEALTH_CHECK_TIMEOUT = 20.0
-MAX_TOP_LOGPROBS = 20
 
 
 def version() -> str:
@@ -56,9 +56,12 @@ def create_app(server_args: ServerArgs, procs: Any = None) -> FastAPI:
         tasks = []
         if procs is not None:
             ready = procs.ready
-            state.tm = TokenizerManager(server_args, procs.port_args, ready.context_len, ready.vocab_size)
+            state.tm = TokenizerManager(server_args, procs.port_args, ready.context_len, ready.vocab_size,
+                                        ready.max_total_num_tokens)
             state.tm.start()
-            state.tm.metrics = state.metrics
+            if not server_args.skip_server_warmup:
+                await warmup(state.tm)
+            state.tm.metrics = state.metrics  # after the warm-up, which is no client's request
             tasks.append(asyncio.get_running_loop().create_task(watchdog(state)))
         try:
             yield
@@ -98,6 +101,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _value(request: Request, exc: ValueError) -> Response:
         return error_response(str(exc), 400, request.url.path)
 
+    @app.exception_handler(RecursionError)
+    async def _deep(request: Request, exc: RecursionError) -> Response:
+        return error_response("The request is nested too deeply.", 400, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        # A bug, or a runtime that died under the request: a 5xx that says what happened.
+        logger.exception("internal error on %s", request.url.path)
+        return error_response(f"Internal server error: {exc!r}", 500, request.url.path)
+
 
 def _validation_message(exc: RequestValidationError) -> str:
     errs = exc.errors()
@@ -107,47 +120,20 @@ def _validation_message(exc: RequestValidationError) -> str:
     if e.get("type") == "json_invalid":
         return "The request body is not valid JSON."
     loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+    if e.get("type") == "extra_forbidden":
+        return f"{loc!r} is not supported by this server (unsupported field)."
     if not loc:
         return f"The request body must be a JSON object: {e.get('msg', 'invalid')}."
     return f"Invalid field {loc!r}: {e.get('msg', 'invalid')}."
 
 
 # ---- native routes --------------------------------------------------------------------------------
-def _check_generate(req: GenerateRequest, context: int) -> None:
-    """Shape checks the TokenizerManager leaves to the HTTP layer (batch lengths, ranges)."""
-    if req.image_data is not None:
-        raise ValueError("Image input is not supported by this server.")
-    batch = req.text if req.text is not None else req.input_ids
-    is_batch = isinstance(req.text, list) or (bool(req.input_ids) and isinstance(req.input_ids[0], list))
-    n = len(batch) if is_batch else 1
-    for name in ("sampling_params", "rid", "return_logprob", "logprob_start_len", "top_logprobs_num"):
-        v = getattr(req, name)
-        if isinstance(v, list):
-            if not is_batch or len(v) != n:
-                raise ValueError(f"{name} is a list of {len(v)} but the request has {n} prompt(s).")
-    for v in _as_list(req.top_logprobs_num):
-        if v is not None and not 0 <= v <= MAX_TOP_LOGPROBS:
-            raise ValueError(f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS}], got {v}.")
-    for v in _as_list(req.logprob_start_len):
-        if v is not None and v < -1:
-            raise ValueError(f"logprob_start_len must be -1 or at least 0, got {v}.")
-    if is_batch and n > 1 and isinstance(req.rid, str):
-        raise ValueError("rid must be a list with one id per prompt for a batch request.")
-    rids = [r for r in _as_list(req.rid) if r is not None]
-    if len(set(rids)) != len(rids):
-        raise ValueError("Request ids in a batch must be unique.")
-
-
-def _as_list(v: Any) -> list:
-    return v if isinstance(v, list) else [v]
-
-
 def _to_input(req: GenerateRequest) -> GenerateReqInput:
     return GenerateReqInput(
         text=req.text, input_ids=req.input_ids, sampling_params=req.sampling_params, rid=req.rid,
         return_logprob=req.return_logprob, logprob_start_len=req.logprob_start_len,
         top_logprobs_num=req.top_logprobs_num, return_text_in_logprobs=req.return_text_in_logprobs,
-        stream=req.stream)
+        stream=req.stream, image_data=req.image_data)
 
 
 async def stream_after_first(agen: Any) -> tuple[Any, Any]:
@@ -162,9 +148,8 @@ async def stream_after_first(agen: Any) -> tuple[Any, Any]:
 def _add_native_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/generate")
     async def generate(req: GenerateRequest, request: Request) -> Response:
-        tm = state.tm
-        _check_generate(req, tm.context_len)
-        agen = tm.generate_request(_to_input(req), request)
+        # Only HTTP concerns here: the TokenizerManager validates every field, for every entry.
+        agen = state.tm.generate_request(_to_input(req), request)
         try:
             first, agen = await stream_after_first(agen)
         except asyncio.CancelledError:
@@ -189,7 +174,9 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
 
     async def server_info() -> Response:
         internal = await state.tm.get_internal_state()
-        return json_response(state.tm.server_args_dict() | {"internal_states": [internal], "version": version()})
+        # pid: launch_server() checks it is talking to the process it started, not an older server.
+        return json_response(state.tm.server_args_dict() | {"internal_states": [internal], "version": version(),
+                                                             "pid": os.getpid()})
 
     app.add_api_route("/server_info", server_info, methods=["GET"])
     app.add_api_route("/get_server_info", server_info, methods=["GET"])
@@ -263,17 +250,43 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
+async def warmup(tm: TokenizerManager) -> None:
+    """One tiny generation before the server listens (uvicorn binds after the lifespan starts),
+    so the first client does not pay for first-call costs; then the prefix cache is emptied so
+    that no client sees the warm-up as cached tokens. Raises if the runtime cannot generate."""
+    obj = GenerateReqInput(input_ids=[_probe_token(tm)], rid=f"warmup-{uuid.uuid4().hex}",
+                           sampling_params={"max_new_tokens": 2, "temperature": 0.0, "ignore_eos": True})
+    out = None
+    async for out in tm.generate_request(obj):
+        pass
+    if not isinstance(out, dict) or out["meta_info"].get("completion_tokens", 0) < 1:
+        raise RuntimeError(f"server warm-up failed: {out!r}")
+    await tm.flush_cache()
+    logger.info("warm-up generation done")
+
+
 def _probe_token(tm: TokenizerManager) -> int:
     ids = tm.tokenizer.encode("Hi", add_special_tokens=False)
     return int(ids[0]) if ids else 0
 
 
+def _sse_chunk(chunk: Any) -> list[str]:
+    lines = [sse(chunk)]
+    for c in chunk if isinstance(chunk, list) else [chunk]:
+        if isinstance(c, dict) and (bad := abort_status(c.get("meta_info", {}))):
+            # The runtime failed this request mid-stream: say so in band, with its status.
+            lines.append(sse(error_body(bad[1], bad[0], False)))
+    return lines
+
+
 async def _generate_sse(first: Any, agen: Any) -> AsyncIterator[str]:
     try:
         if first is not None:
-            yield sse(first)
+            for line in _sse_chunk(first):
+                yield line
         async for chunk in agen:
-            yield sse(chunk)
+            for line in _sse_chunk(chunk):
+                yield line
     except asyncio.CancelledError:
         raise
     except Exception as e:  # mid-stream: the status line is already sent, so report in-band

@@ -25,7 +25,6 @@ from sglite_runtime.managers.program_executor import ProgramExecutor
 logger = logging.getLogger(__name__)
 
 PATH = "/run_program"
-MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_BATCH = 4096
 
 program_router = APIRouter()
@@ -42,9 +41,7 @@ def _executor(request: Request) -> ProgramExecutor:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ValueError(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    raw = await request.body()  # its size is bounded while reading (--max-request-body-bytes)
     import json
 
     try:
@@ -99,7 +96,7 @@ async def _sse(agen: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
         raise
     except Exception as e:  # the status line is sent already: report in band
         logger.exception("error while streaming /run_program")
-        yield sse(error_body(str(e) or type(e).__name__, 500, False))
+        yield sse(error_body(str(e) or type(e).__name__, 400 if isinstance(e, ValueError) else 500, False))
     finally:
         await agen.aclose()  # cancels the program's streams and aborts their requests
     yield SSE_DONE

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-
-from sglite_runtime.managers.io_struct import AbortReq, encode
+from starlette.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +50,9 @@ class ServerState:
 
 
 def abort(tm: Any, rid: str = "", abort_all: bool = False) -> None:
-    """Abort in the scheduler but keep the waiters, so they receive ``finish_reason: abort``.
-
-    (``TokenizerManager.abort_request`` also forgets the request, which is right for a client
-    that went away, but would leave a still-connected client waiting forever.)
-    """
-    tm.send_to_scheduler.send(encode(AbortReq(rid=rid, abort_all=abort_all)))
+    """Abort in the scheduler (the exact rid, or all) but keep the waiters, so they receive
+    ``finish_reason: abort`` instead of waiting forever for a request that will not finish."""
+    tm.abort_request(rid, abort_all, keep_waiters=True)
 
 
 class GuardMiddleware:
@@ -84,9 +80,17 @@ class GuardMiddleware:
                               "param": None, "code": 503}}
             await _send_json(send, 503, body)
             return
+        limit = self.state.server_args.max_request_body_bytes
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await _send_json(send, 413, _too_large(limit))
+            return
         self.state.inflight += 1
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, _limited_receive(receive, limit), send)
+        except BodyTooLarge:
+            # Raised while the handler read the body: nothing was parsed or sent yet.
+            await _send_json(send, 413, _too_large(limit))
         finally:
             self.state.inflight -= 1
 
@@ -101,6 +105,45 @@ class GuardMiddleware:
             token = b""
         # Compare digests so the comparison time depends on neither the key nor its length.
         return secrets.compare_digest(hashlib.sha256(token.strip()).digest(), self.key_digest)
+
+
+class BodyTooLarge(HTTPException):
+    """The request body grew past --max-request-body-bytes while being read (an HTTPException,
+    so FastAPI's body parsing passes it on as a 413 instead of "error parsing the body")."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, _too_large(limit)["error"]["message"])
+
+
+def _too_large(limit: int) -> dict:
+    return {"error": {"message": f"The request body is larger than {limit} bytes (--max-request-body-bytes).",
+                      "type": "RequestEntityTooLarge", "param": None, "code": 413}}
+
+
+def _content_length(scope: dict) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _limited_receive(receive: Any, limit: int) -> Any:
+    """Count body bytes as they arrive (a chunked body has no Content-Length to check)."""
+    seen = 0
+
+    async def wrapped() -> dict:
+        nonlocal seen
+        message = await receive()
+        if message.get("type") == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return wrapped
 
 
 async def _send_json(send: Any, status: int, body: dict) -> None:
@@ -118,6 +161,9 @@ async def watchdog(state: ServerState) -> None:
             continue
         state.dead = True
         logger.error("runtime child process died: %s; shutting down", ", ".join(state.procs.dead_children()))
+        if state.tm is not None:
+            # Their requests can never finish: answer them with a 5xx now, while we still can.
+            state.tm.fail_all()
         await asyncio.sleep(DEAD_CHILD_GRACE)  # let /health report 503 to whoever is polling
         state.exit_code = 1
         await asyncio.to_thread(state.procs.shutdown)

@@ -134,10 +134,8 @@ class Scheduler(SchedulerOutputMixin):
         self.waiting_queue.append(req)
 
     def _check_length(self, recv: TokenizedGenerateReqInput, sp: SamplingParams) -> None:
-        n = len(recv.input_ids)
-        check_context_length(sp, n, self.context_len)
-        if n + 1 > self.max_total_num_tokens:
-            raise ValueError(f"The input ({n} tokens) does not fit in the KV cache ({self.max_total_num_tokens} tokens).")
+        # The TokenizerManager checked this already; the scheduler must not trust its callers.
+        check_context_length(sp, len(recv.input_ids), self.context_len, self.max_total_num_tokens)
         if any(t < 0 or t >= self.vocab_size for t in recv.input_ids):
             raise ValueError(f"Token id out of vocabulary (vocabulary size {self.vocab_size}).")
 
@@ -154,7 +152,8 @@ class Scheduler(SchedulerOutputMixin):
 
     def handle_abort(self, recv: AbortReq) -> None:
         def hit(r: Req) -> bool:
-            return recv.abort_all or r.rid == recv.rid or r.rid.startswith(recv.rid + "-")
+            # Exact rids only: the TokenizerManager names each sample of an n > 1 request.
+            return recv.abort_all or r.rid == recv.rid
 
         for r in [r for r in self.waiting_queue if hit(r)]:
             self.waiting_queue.remove(r)

@@ -8,6 +8,7 @@ is raised as ``ValueError`` before anything is scheduled, so the HTTP layer answ
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import dataclasses
 import logging
@@ -30,13 +31,18 @@ from sglite_runtime.managers.io_struct import (
     decode,
     encode,
 )
+from sglite_runtime.managers.request_validation import MAX_N, check_generate_input
 from sglite_runtime.sampling.sampling_params import SamplingParams, check_context_length
 from sglite_runtime.server_args import ServerArgs
 from sglite_runtime.utils.hf_utils import get_tokenizer, load_chat_template, sampling_defaults
 
 logger = logging.getLogger(__name__)
 
-MAX_N = 64
+# Inputs above this many characters (or with a grammar to check) are validated on a worker
+# thread, so a huge prompt cannot stall the event loop (and /health) while it is tokenized.
+OFF_LOOP_CHARS = 16 * 1024
+# Sent to the waiters of a runtime that died (the scheduler or detokenizer process is gone).
+RUNTIME_DEAD_MESSAGE = "The server's runtime stopped (scheduler or detokenizer process died); the request was lost."
 
 
 @dataclass
@@ -91,7 +97,8 @@ class ReqState:
 
 
 class TokenizerManager:
-    def __init__(self, server_args: ServerArgs, port_args: Any, context_len: int, vocab_size: int):
+    def __init__(self, server_args: ServerArgs, port_args: Any, context_len: int, vocab_size: int,
+                 max_total_num_tokens: int | None = None):
         self.server_args = server_args
         self.tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.revision)
         # Request fields left unset take the model's generation_config.json values (SGLang's
@@ -105,6 +112,9 @@ class TokenizerManager:
             self.tokenizer.chat_template = self.chat_template
         self.context_len = context_len
         self.vocab_size = vocab_size
+        # The KV pool's size (SchedulerReady): requests that could never fit it are refused here.
+        self.max_total_num_tokens = max_total_num_tokens
+        self.max_fanout = server_args.max_fanout
         self.model_path = server_args.model_path
         self.served_model_name = server_args.served_model_name
         self.ctx = zmq.asyncio.Context(2)
@@ -113,11 +123,16 @@ class TokenizerManager:
         self.recv_from_detok = self.ctx.socket(zmq.PULL)
         self.recv_from_detok.bind(port_args.tokenizer_ipc)
         self.rid_to_state: dict[str, ReqState] = {}
+        self._rid_groups: dict[str, list[str]] = {}  # client rid of an n > 1 request -> its samples' rids
         self._control_futures: dict[type, asyncio.Future] = {}
         self._control_lock: asyncio.Lock | None = None
         self._loop_task: asyncio.Task | None = None
         self.metrics: Any = None  # set by the HTTP server: called on first token and finish
         self.grammar_validator = _make_grammar_validator()
+        # One thread: heavy validations queue behind each other instead of sharing the tokenizer.
+        self._validate_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sglite-validate")
+        self._max_token_bytes = _max_token_bytes(self.tokenizer)
+        self.dead_message: str | None = None  # set by fail_all(): no request can run any more
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +152,19 @@ class TokenizerManager:
             self._loop_task = None
         self.send_to_scheduler.close(linger=0)
         self.recv_from_detok.close(linger=0)
+        self._validate_pool.shutdown(wait=False)
+
+    def fail_all(self, message: str = RUNTIME_DEAD_MESSAGE, status_code: int = 503) -> None:
+        """The runtime is gone: finish every waiting request with a server error (their clients
+        get a 5xx with ``message``, never a hang or a 499), and refuse new ones."""
+        self.dead_message = message
+        reason = {"type": "abort", "message": message, "status_code": status_code}
+        for state in self.rid_to_state.values():
+            if not state.finished:
+                state.meta["finish_reason"] = reason
+                state.finished = True
+                state.out_list.append(True)
+                state.event.set()
 
     async def handle_loop(self) -> None:
         while True:
@@ -155,16 +183,20 @@ class TokenizerManager:
     # ---- validation and tokenization ---------------------------------------------------------
     def _tokenize(self, obj: GenerateReqInput) -> list[int]:
         if obj.input_ids is not None:
-            if not isinstance(obj.input_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in obj.input_ids):
-                raise ValueError("input_ids must be a flat list of integers.")
             ids = list(obj.input_ids)
             bad = [t for t in ids if t < 0 or t >= self.vocab_size]
             if bad:
                 raise ValueError(f"Token id {bad[0]} is out of vocabulary (vocabulary size {self.vocab_size}).")
             return ids
-        if obj.text is None or not isinstance(obj.text, str):
-            raise ValueError("Either text or input_ids must be provided.")
-        return self.tokenizer.encode(obj.text, add_special_tokens=False) if obj.text else []
+        if not obj.text:
+            return []
+        # No token spans more than _max_token_bytes bytes, so this bound is cheap and exact enough
+        # to refuse a megabyte prompt without tokenizing it.
+        at_least = -(-len(obj.text.encode("utf-8", "surrogatepass")) // self._max_token_bytes)
+        if at_least >= self.context_len:
+            raise ValueError(f"The input (at least {at_least} tokens) is longer than the model's context length "
+                             f"({self.context_len} tokens).")
+        return self.tokenizer.encode(obj.text, add_special_tokens=False)
 
     def validate(self, ids: list[int], sp_dict: dict | None) -> SamplingParams:
         if sp_dict is not None and not isinstance(sp_dict, dict):
@@ -176,7 +208,7 @@ class TokenizerManager:
         sp = SamplingParams.from_dict(merged)
         sp.normalize(self.tokenizer)
         sp.verify(self.vocab_size)
-        check_context_length(sp, len(ids), self.context_len)
+        check_context_length(sp, len(ids), self.context_len, self.max_total_num_tokens)
         if sp.n > MAX_N:
             raise ValueError(f"n must be at most {MAX_N}, got {sp.n}.")
         if self.grammar_validator is not None:
@@ -191,34 +223,32 @@ class TokenizerManager:
         ValueError for invalid input, before anything is sent to the scheduler.
         """
         self.start()
-        if obj.text is None and obj.input_ids is None:
-            raise ValueError("Either text or input_ids must be provided.")
-        singles = obj.split()
-        if not singles:
-            raise ValueError("The batch is empty.")
-        prepared = []
-        for s in singles:
-            ids = self._tokenize(s)
-            sp = self.validate(ids, s.sampling_params)
-            prepared.append((s, ids, sp))
+        if self.dead_message is not None:
+            raise RuntimeError(self.dead_message)
+        prepared = await self._prepare(obj)
         expanded = []  # (index in the response, single, ids, sampling dict, rid)
         for i, (s, ids, sp) in enumerate(prepared):
             base = s.rid or uuid.uuid4().hex
             if sp.n > 1:
-                await self._precache_prefix(ids, base)
                 for j in range(sp.n):
                     d = sp.to_dict() | {"n": 1}
-                    if sp.seed is not None:
-                        d["seed"] = sp.seed + j
+                    if sp.seed is not None:  # seed + j, wrapped to 64 bits as the sampler reads it
+                        d["seed"] = sp.seed + j if sp.seed + j < 2**64 else sp.seed + j - 2**64
                     expanded.append((len(expanded), s, ids, d, f"{base}-{j}"))
             else:
                 expanded.append((len(expanded), s, ids, sp.to_dict(), base))
         for _, s, ids, d, rid in expanded:
             if rid in self.rid_to_state:
                 raise ValueError(f"Duplicate request id {rid!r}.")
-        for _, s, ids, d, rid in expanded:
-            self._send(s, ids, d, rid)
+        groups = {s.rid: [f"{s.rid}-{j}" for j in range(sp.n)] for s, _, sp in prepared if s.rid and sp.n > 1}
+        self._rid_groups.update(groups)
         try:
+            # Only now, with the whole batch valid, does anything reach the scheduler.
+            for s, ids, sp in prepared:
+                if sp.n > 1:
+                    await self._precache_prefix(ids, s.rid or uuid.uuid4().hex)
+            for _, s, ids, d, rid in expanded:
+                self._send(s, ids, d, rid)
             if obj.stream:
                 async for chunk in self._stream(expanded, obj.is_batch() or len(expanded) > 1, request):
                     yield chunk
@@ -226,9 +256,39 @@ class TokenizerManager:
                 results = [await self._wait_final(rid, s, request) for _, s, _, _, rid in expanded]
                 yield results if (obj.is_batch() or len(results) > 1) else results[0]
         finally:
+            for g in groups:
+                self._rid_groups.pop(g, None)
             for _, _, _, _, rid in expanded:
                 if rid in self.rid_to_state:
                     self.abort_request(rid)
+
+    async def _prepare(self, obj: GenerateReqInput) -> list[tuple[GenerateReqInput, list[int], SamplingParams]]:
+        """Validate and tokenize the whole request (every prompt of a batch) or raise ValueError.
+
+        Large inputs and grammars go to a worker thread: tokenizing megabytes or checking a
+        grammar must not stall the event loop that answers every other client.
+        """
+        size = _input_chars(obj)
+        heavy = size > OFF_LOOP_CHARS or _has_grammar(obj.sampling_params)
+        if not heavy:
+            return self._prepare_sync(obj)
+        return await asyncio.get_running_loop().run_in_executor(self._validate_pool, self._prepare_sync, obj)
+
+    def _prepare_sync(self, obj: GenerateReqInput) -> list[tuple[GenerateReqInput, list[int], SamplingParams]]:
+        try:
+            check_generate_input(obj)
+            prepared, fanout = [], 0
+            for s in obj.split():
+                ids = self._tokenize(s)
+                sp = self.validate(ids, s.sampling_params)
+                fanout += sp.n
+                if fanout > self.max_fanout:
+                    raise ValueError(f"The request fans out to more than {self.max_fanout} sequences (prompts x n); "
+                                     "split it or raise --max-fanout.")
+                prepared.append((s, ids, sp))
+            return prepared
+        except RecursionError:
+            raise ValueError("The request is nested too deeply (a regex, schema or object).") from None
 
     async def _precache_prefix(self, ids: list[int], base: str) -> None:
         # n samples of one prompt: prefill it once so the n requests hit the radix cache.
@@ -250,7 +310,9 @@ class TokenizerManager:
             logger.info("request %s: %d prompt tokens, %s", rid, len(ids), sp)
 
     async def _wait_one(self, rid: str, request: Any) -> ReqState:
-        state = self.rid_to_state[rid]
+        state = self.rid_to_state.get(rid)
+        if state is None:  # aborted and forgotten meanwhile (e.g. its client went away)
+            raise asyncio.CancelledError(f"request {rid} was aborted")
         while True:
             try:
                 await asyncio.wait_for(state.event.wait(), timeout=1.0)
@@ -299,6 +361,8 @@ class TokenizerManager:
         finally:
             for t in tasks:
                 t.cancel()
+            # Retrieve their outcomes, so no "Task exception was never retrieved" is logged.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- outputs ---------------------------------------------------------------------------------
     def _handle_str_out(self, recv: BatchStrOut) -> None:
@@ -366,12 +430,21 @@ class TokenizerManager:
         return [[lp, tid, self.tokenizer.decode([tid])] for lp, tid in pairs]
 
     # ---- control -----------------------------------------------------------------------------------
-    def abort_request(self, rid: str = "", abort_all: bool = False) -> None:
-        self.send_to_scheduler.send(encode(AbortReq(rid=rid, abort_all=abort_all)))
+    def abort_request(self, rid: str = "", abort_all: bool = False, keep_waiters: bool = False) -> None:
+        """Abort one request by its exact rid (with the samples ``rid-0``… of an ``n > 1``
+        request sent as ``rid``), or every request. The waiters are forgotten (right for a
+        client that went away) unless ``keep_waiters``: then they receive ``finish_reason: abort``."""
+        rids = [] if abort_all else [rid, *self._rid_groups.get(rid, ())]
+        if abort_all:
+            self.send_to_scheduler.send(encode(AbortReq(abort_all=True)))
+        for r in rids:
+            self.send_to_scheduler.send(encode(AbortReq(rid=r)))
+        if keep_waiters:
+            return
         if abort_all:
             self.rid_to_state.clear()
-        else:
-            self.rid_to_state.pop(rid, None)
+        for r in rids:
+            self.rid_to_state.pop(r, None)
 
     async def _control(self, req: Any, reply_type: type, timeout: float = 30.0) -> Any:
         self.start()
@@ -402,6 +475,30 @@ class TokenizerManager:
 
     def server_args_dict(self) -> dict:
         return dataclasses.asdict(copy.copy(self.server_args)) | {"api_key": None}
+
+
+def _input_chars(obj: GenerateReqInput) -> int:
+    if isinstance(obj.text, str):
+        return len(obj.text)
+    if isinstance(obj.text, list):
+        return sum(len(t) for t in obj.text if isinstance(t, str))
+    return len(obj.input_ids) if isinstance(obj.input_ids, list) else 0
+
+
+def _has_grammar(sp: Any) -> bool:
+    dicts = sp if isinstance(sp, list) else [sp]
+    return any(isinstance(d, dict) and any(d.get(k) is not None for k in ("regex", "json_schema", "choices", "stop_regex"))
+               for d in dicts)
+
+
+def _max_token_bytes(tokenizer: Any) -> int:
+    """An upper bound on the UTF-8 bytes one token stands for (its vocabulary string is never
+    shorter: byte-level and SentencePiece markers take more bytes than what they encode)."""
+    try:
+        return max(8, max(len(t.encode("utf-8", "surrogatepass")) for t in tokenizer.get_vocab()))
+    except Exception:  # a tokenizer without a string vocabulary: no cheap bound
+        logger.warning("tokenizer has no string vocabulary; huge prompts are tokenized before refusal")
+        return 1 << 30
 
 
 def _make_grammar_validator():

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,11 @@ logger = logging.getLogger(__name__)
 
 # Temperatures below this are treated as greedy decoding (SGLang uses the same epsilon).
 _SAMPLING_EPS = 1e-6
+# Integers cross the process boundary as msgpack int64 (seeds as uint64, hashed as 64 bits).
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+# Stop strings are searched in the decoded tail at every step: bound their number and size.
+MAX_STOP_STRINGS = 64
+MAX_STOP_STRING_LEN = 1024
 
 
 @dataclass
@@ -45,6 +52,8 @@ class SamplingParams:
     regex: str | None = None
     json_schema: str | None = None
     choices: list[str] | None = None
+    # A context-free grammar in SGLang's EBNF syntax (``root ::= ...``), compiled by xgrammar.
+    ebnf: str | None = None
     stop_regex: str | list[str] | None = None
     # OpenAI style: token id (as a string or int) -> additive bias on the logit.
     logit_bias: dict[str, float] | None = None
@@ -90,12 +99,16 @@ class SamplingParams:
     # ------------------------------------------------------------------ checks
 
     def check_types(self) -> None:
-        """Raise ValueError when a field has the wrong JSON type (bools are not numbers)."""
+        """Raise ValueError when a field has the wrong JSON type (bools are not numbers, no
+        coercion), an integer does not fit 64 bits, a float is not finite or a string is not
+        valid Unicode (a lone surrogate)."""
         for name in ("temperature", "top_p", "min_p", "frequency_penalty",
                      "presence_penalty", "repetition_penalty"):
             v = getattr(self, name)
             if not _is_number(v):
                 raise ValueError(f"{name} must be a number, got {_show(v)}.")
+            if not _finite(v):
+                raise ValueError(f"{name} must be a finite number, got {_show(v)}.")
         for name in ("min_new_tokens", "top_k", "n"):
             v = getattr(self, name)
             if not _is_int(v):
@@ -104,6 +117,12 @@ class SamplingParams:
             v = getattr(self, name)
             if v is not None and not _is_int(v):
                 raise ValueError(f"{name} must be an integer or null, got {_show(v)}.")
+        for name in ("min_new_tokens", "top_k", "n", "max_new_tokens"):
+            v = getattr(self, name)
+            if v is not None and not _INT64_MIN <= v <= _INT64_MAX:
+                raise ValueError(f"{name} does not fit a 64-bit integer, got {_show(v)}.")
+        if self.seed is not None and not _INT64_MIN <= self.seed <= _UINT64_MAX:
+            raise ValueError(f"seed must be in [-2^63, 2^64), got {_show(self.seed)}.")
         for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens",
                      "no_stop_trim"):
             v = getattr(self, name)
@@ -113,6 +132,14 @@ class SamplingParams:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str) and not _is_str_list(v):
                 raise ValueError(f"{name} must be a string or a list of strings, got {_show(v)}.")
+            items = [v] if isinstance(v, str) else list(v or ())
+            if len(items) > MAX_STOP_STRINGS:
+                raise ValueError(f"{name} may hold at most {MAX_STOP_STRINGS} strings, got {len(items)}.")
+            for item in items:
+                if len(item) > MAX_STOP_STRING_LEN:
+                    raise ValueError(f"each {name} string may be at most {MAX_STOP_STRING_LEN} characters, "
+                                     f"got {len(item)}.")
+                check_unicode(item, name)
         if self.stop_token_ids is not None and not (
             isinstance(self.stop_token_ids, (list, tuple, set))
             and all(_is_int(t) for t in self.stop_token_ids)
@@ -126,6 +153,10 @@ class SamplingParams:
             raise ValueError(f"json_schema must be a string or an object, got {_show(self.json_schema)}.")
         if self.choices is not None and not _is_str_list(self.choices):
             raise ValueError(f"choices must be a list of strings, got {_show(self.choices)}.")
+        if self.ebnf is not None and not isinstance(self.ebnf, str):
+            raise ValueError(f"ebnf must be a string, got {_show(self.ebnf)}.")
+        for name in ("regex", "json_schema", "choices", "ebnf"):
+            check_unicode(getattr(self, name), name)
         if self.logit_bias is not None:
             if not isinstance(self.logit_bias, dict) or not all(
                 _is_number(b) and (_is_int(k) or isinstance(k, str))
@@ -135,6 +166,9 @@ class SamplingParams:
                     "logit_bias must be an object mapping token ids to numbers, "
                     f"got {_show(self.logit_bias)}."
                 )
+            for k, b in self.logit_bias.items():
+                if not _finite(b):
+                    raise ValueError(f"logit_bias values must be finite numbers, got {_show(b)} for {k!r}.")
 
     def normalize(self, tokenizer: Any = None) -> SamplingParams:
         """Put fields into canonical form; idempotent. Returns self.
@@ -216,6 +250,12 @@ class SamplingParams:
             )
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}.")
+        stop_regex = [self.stop_regex] if isinstance(self.stop_regex, str) else self.stop_regex or []
+        for pattern in stop_regex:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"stop_regex {pattern!r} is not a valid regular expression: {e}.") from None
         if vocab_size is not None:
             for t in sorted(self.stop_token_ids or ()):
                 if not 0 <= t < vocab_size:
@@ -233,8 +273,8 @@ class SamplingParams:
                     f"logit_bias contains token id {t}, which is out of vocabulary "
                     f"(vocab size {vocab_size})."
                 )
-        if sum(x is not None for x in (self.regex, self.json_schema, self.choices)) > 1:
-            raise ValueError("Only one of regex, json_schema or choices can be set.")
+        if sum(x is not None for x in (self.regex, self.json_schema, self.choices, self.ebnf)) > 1:
+            raise ValueError("Only one of regex, json_schema, choices or ebnf can be set.")
         if self.choices is not None and len(self.choices) == 0:
             raise ValueError("choices must be a non-empty list of strings.")
 
@@ -257,6 +297,31 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _finite(v: Any) -> bool:
+    # Python ints never overflow here, but huge ones can't become floats: compare, don't convert.
+    return _is_int(v) or math.isfinite(v)
+
+
+def check_unicode(value: Any, name: str) -> None:
+    """Raise ValueError when a string (or any string inside lists/dicts) is not valid Unicode.
+
+    JSON allows escaped lone surrogates (``"\\ud800"``), which Python keeps in ``str`` but no
+    tokenizer, encoder or regex engine downstream accepts.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{name} is not valid Unicode: it holds a lone surrogate at index {e.start}.") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_unicode(k, name)
+            check_unicode(v, name)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            check_unicode(v, name)
+
+
 def _is_str_list(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v)
 
@@ -271,17 +336,28 @@ def _show(v: Any) -> str:
 _USER_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.init)
 
 
-def check_context_length(sp: SamplingParams, num_tokens: int, context_len: int) -> None:
+def check_context_length(sp: SamplingParams, num_tokens: int, context_len: int,
+                         max_total_tokens: int | None = None) -> None:
     """Fit a request of ``num_tokens`` prompt tokens to the context: ``max_new_tokens=None``
     becomes whatever room is left; an empty, too long or overflowing request is a ValueError
-    (SGLang's wording, which client libraries match)."""
+    (SGLang's wording, which client libraries match).
+
+    ``max_total_tokens`` is the KV pool's size: when it is smaller than the context, a request
+    whose prompt plus ``max_new_tokens`` exceeds it could never finish (it would run out of
+    KV slots alone in the pool), so it is refused here, and an unset ``max_new_tokens`` fills
+    the pool rather than the context.
+    """
     if num_tokens == 0:
         raise ValueError("The input is empty: send a non-empty prompt.")
     if num_tokens >= context_len:
         raise ValueError(f"The input ({num_tokens} tokens) is longer than the model's context length "
                          f"({context_len} tokens).")
+    pool = max_total_tokens if max_total_tokens is not None and max_total_tokens < context_len else None
+    if pool is not None and num_tokens >= pool:
+        raise ValueError(f"The input ({num_tokens} tokens) does not fit in the KV cache ({pool} tokens, "
+                         "--max-total-tokens).")
     if sp.max_new_tokens is None:
-        sp.max_new_tokens = context_len - num_tokens
+        sp.max_new_tokens = (pool if pool is not None else context_len) - num_tokens
     total = num_tokens + sp.max_new_tokens
     if total > context_len:
         raise ValueError(
@@ -289,3 +365,8 @@ def check_context_length(sp: SamplingParams, num_tokens: int, context_len: int) 
             f"You requested a total of {total} tokens: {num_tokens} tokens from the input messages and "
             f"{sp.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
             "messages or the completion to fit within the limit.")
+    if pool is not None and total > pool:
+        raise ValueError(
+            f"The request can never fit in the KV cache: {num_tokens} prompt tokens plus max_new_tokens="
+            f"{sp.max_new_tokens} need {total} token slots, but the KV cache holds {pool} tokens "
+            "(--max-total-tokens). Lower max_new_tokens or the prompt.")

@@ -22,9 +22,9 @@ BAD = [
     ({"n": 0}, "n must be at least 1, got 0."),
     ({"stop_token_ids": [5, 100]}, "stop_token_ids contains token id 100, which is out of vocabulary"),
     ({"logit_bias": {"100": 1.0}}, "logit_bias contains token id 100, which is out of vocabulary"),
-    ({"regex": "a+", "choices": ["a"]}, "Only one of regex, json_schema or choices can be set."),
-    ({"regex": "a+", "json_schema": "{}"}, "Only one of regex, json_schema or choices can be set."),
-    ({"temperature": float("nan")}, "temperature must be non-negative"),
+    ({"regex": "a+", "choices": ["a"]}, "Only one of regex, json_schema, choices or ebnf can be set."),
+    ({"regex": "a+", "json_schema": "{}"}, "Only one of regex, json_schema, choices or ebnf can be set."),
+    ({"regex": "a+", "ebnf": 'root ::= "a"'}, "Only one of regex, json_schema, choices or ebnf can be set."),
 ]
 
 
@@ -42,7 +42,7 @@ GOOD = [
     {"top_k": -1}, {"top_k": 1}, {"top_k": 50}, {"min_p": 0}, {"min_p": 1},
     {"frequency_penalty": -2, "presence_penalty": 2}, {"repetition_penalty": 2},
     {"repetition_penalty": 0.5}, {"max_new_tokens": 0}, {"max_new_tokens": None},
-    {"max_new_tokens": 5, "min_new_tokens": 5}, {"n": 4}, {"seed": 2**64 + 3},
+    {"max_new_tokens": 5, "min_new_tokens": 5}, {"n": 4}, {"seed": 2**64 - 1}, {"seed": -(2**63)},
     {"stop": "x", "stop_token_ids": [0, 99]}, {"json_schema": {"type": "object"}},
     {"choices": ["a", "b"]}, {"logit_bias": {"3": -100, 4: 2.5}}, {"stop_regex": "a+"},
 ]
@@ -73,6 +73,17 @@ def test_from_dict_unknown_key() -> None:
     ({"ignore_eos": 1}, "ignore_eos must be a boolean"),
     ({"choices": "ab"}, "choices must be a list of strings"),
     ({"logit_bias": {"1": "x"}}, "logit_bias must be an object"),
+    # Values no client means and that cannot cross the process boundary (msgpack is 64-bit).
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"temperature": float("inf")}, "temperature must be a finite number"),
+    ({"seed": 2**64}, "seed must be in [-2^63, 2^64)"),
+    ({"top_k": 2**63}, "top_k does not fit a 64-bit integer"),
+    ({"max_new_tokens": -(2**63) - 1}, "max_new_tokens does not fit a 64-bit integer"),
+    ({"logit_bias": {"1": float("nan")}}, "logit_bias values must be finite"),
+    ({"stop": "a\ud800"}, "stop is not valid Unicode"),
+    ({"choices": ["ok", "\udfff"]}, "choices is not valid Unicode"),
+    ({"json_schema": {"\ud800": 1}}, "json_schema is not valid Unicode"),
+    ({"stop": ["x"] * 65}, "stop may hold at most 64 strings"),
 ])
 def test_from_dict_types(d: dict, fragment: str) -> None:
     with pytest.raises(ValueError) as e:
