@@ -1,7 +1,7 @@
 """Grammar compile worker: builds outlines-core Indexes in a separate, killable process.
 
 Torch-free on purpose: the GrammarCache starts this file as a script
-(``python compile_worker.py <in_fd> <out_fd> <mem_bytes>``), so a worker costs tens of MB
+(``python compile_worker.py <in_fd> <out_fd> <mem_bytes> <parent_pid>``), so a worker costs tens of MB
 and starts in well under a second, and ``RLIMIT_AS`` can cap its address space without
 tripping over torch's large virtual mappings.
 
@@ -66,12 +66,28 @@ def _call(target: str, args: tuple) -> Any:
     return getattr(importlib.import_module(module), func)(*args)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Exit as soon as the parent is gone, even mid-compile (the pipe's EOF is only seen
+    between jobs; the Index build releases the GIL, so this thread runs meanwhile)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def main(argv: list[str]) -> None:
-    """Serve compile requests until the parent closes the pipe."""
+    """Serve compile requests until the parent closes the pipe or exits."""
     import resource
     from multiprocessing.connection import Connection
 
     conn_in, conn_out, mem = Connection(int(argv[1])), Connection(int(argv[2])), int(argv[3])
+    _exit_with_parent(int(argv[4]))
     if mem > 0:
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     while True:

@@ -47,7 +47,7 @@ class _Worker:
         res_r, res_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, WORKER_SCRIPT, str(job_r), str(res_w), str(mem_bytes)],
+                [sys.executable, WORKER_SCRIPT, str(job_r), str(res_w), str(mem_bytes), str(os.getpid())],
                 pass_fds=(job_r, res_w), stdin=subprocess.DEVNULL, close_fds=True)
         finally:
             os.close(job_r)

@@ -140,17 +140,17 @@ class GrammarManager:
         return True
 
     def pop_ready(self) -> list["Req"]:
-        """Requests whose grammar is now ready, in arrival order (stops at the first that
-        is still compiling, so order is kept)."""
-        ready = []
-        while self.queue:
-            req, fut = self.queue[0]
+        """Requests whose grammar is now ready, in arrival order among themselves.  A slow
+        compile does not hold back the requests behind it (no head-of-line blocking: a
+        pathological spec must stall only its own request)."""
+        ready, waiting = [], []
+        for req, fut in self.queue:
             grammar = self.cache.poll(fut, timeout=0.0)
             if grammar is None:
-                break
-            self.queue.pop(0)
-            if self._attach(req, grammar):
+                waiting.append((req, fut))
+            elif self._attach(req, grammar):
                 ready.append(req)
+        self.queue = waiting
         return ready
 
     def abort(self, hit: Callable[["Req"], bool]) -> list["Req"]:
