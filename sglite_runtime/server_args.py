@@ -48,7 +48,11 @@ class ServerArgs:
     disable_cuda_graph: bool = False
     cuda_graph_max_bs: int = 64
     # Constrained generation
+    # "outlines": outlines-core for regex/JSON/choices, xgrammar for ebnf and json_object;
+    # "xgrammar": xgrammar for every constraint.
     grammar_backend: str = "outlines"
+    # "qwen3": split <think>...</think> into reasoning_content on /v1/chat/completions.
+    reasoning_parser: str | None = None
     disable_jump_forward: bool = False
     # "token": skip only states with exactly one allowed token (output identical to masked
     # decoding). "string": skip the whole forced string, re-tokenized (far more skipped, valid
@@ -74,20 +78,24 @@ class ServerArgs:
     watchdog_timeout: float = 300.0
     skip_server_warmup: bool = False
     num_threads: int | None = None  # torch intra-op threads in the scheduler
-
-    def __post_init__(self) -> None:
-        if self.model_path is None:
-            self.model_path = SHIPPED_MODEL_PATH
     # Request limits (HTTP 400/413): sequences one request may fan out to (prompts x n), and
     # the request body size, checked while reading, before parsing.
     max_fanout: int = 1024
     max_request_body_bytes: int = 8 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.model_path is None:
+            self.model_path = SHIPPED_MODEL_PATH
         if self.tokenizer_path is None:
             self.tokenizer_path = self.model_path
         if self.served_model_name is None:
             self.served_model_name = os.path.basename(os.path.normpath(self.model_path))
         if self.schedule_policy not in ("lpm", "fcfs"):
             raise ValueError(f"schedule_policy must be 'lpm' or 'fcfs', got {self.schedule_policy!r}")
+        if self.grammar_backend not in ("outlines", "xgrammar"):
+            raise ValueError(f"grammar_backend must be 'outlines' or 'xgrammar', got {self.grammar_backend!r}")
+        if self.reasoning_parser not in (None, "qwen3", "deepseek-r1"):
+            raise ValueError(f"reasoning_parser must be 'qwen3' or 'deepseek-r1', got {self.reasoning_parser!r}")
         if self.jump_forward_mode not in ("token", "string"):
             raise ValueError(f"jump_forward_mode must be 'token' or 'string', got {self.jump_forward_mode!r}")
         if self.sampling_defaults not in ("model", "openai"):
@@ -126,6 +134,10 @@ class ServerArgs:
                 kwargs["choices"] = ["lpm", "fcfs"]
             if f.name == "jump_forward_mode":
                 kwargs["choices"] = ["token", "string"]
+            if f.name == "grammar_backend":
+                kwargs["choices"] = ["outlines", "xgrammar"]
+            if f.name == "reasoning_parser":
+                kwargs["choices"] = ["qwen3", "deepseek-r1"]
             if f.name == "sampling_defaults":
                 kwargs["choices"] = ["model", "openai"]
             if f.name == "attention_backend":
