@@ -28,7 +28,7 @@ __all__ = [
     "assistant_begin", "assistant_end", "set_default_backend", "flush_cache", "get_server_info",
     "RuntimeEndpoint", "EngineBackend", "BaseBackend", "Runtime", "Engine", "launch_server",
     "token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized",
-    "global_config", "__version__", "Anthropic", "LiteLLM", "VertexAI", "Crusoe", "ServerArgs",
+    "global_config", "__version__", "OpenAI", "Anthropic", "LiteLLM", "VertexAI", "Crusoe", "ServerArgs",
 ]
 
 # name -> (module, attribute); resolved on first access so torch stays unloaded.
@@ -37,6 +37,7 @@ _LAZY = {
     "Runtime": ("sglite_runtime.entrypoints.launcher", "Runtime"),
     "launch_server": ("sglite_runtime.entrypoints.launcher", "launch_server"),
     "ServerArgs": ("sglite_runtime.server_args", "ServerArgs"),
+    "OpenAI": ("sglite.backend.openai", "OpenAI"),
 }
 
 

@@ -309,10 +309,21 @@ class StreamExecutor:
         else:
             raise TypeError(f"unknown expression {type(expr).__name__}")
 
+    def _prompt(self) -> Any:
+        """The text so far; for a chat-API backend (``is_chat_model``) the finished messages,
+        which only works when the gen opens an assistant message (as in SGLang)."""
+        if not getattr(self.backend, "is_chat_model", False):
+            return self.text_
+        if self.cur_role != "assistant" or self.text_[self.cur_role_begin_pos:].strip():
+            raise ValueError("on a chat model a gen must be the whole content of an assistant message: "
+                             "s += sglite.assistant(sglite.gen(...))")
+        return list(self.messages_)
+
     def _execute_gen(self, expr: SglGen) -> None:
         params = self.default_sampling_params.override(expr.sampling_params)
         name = expr.name
         images = list(self.images_) or None
+        prompt = self._prompt()
         if self.stream and (params.n or 1) == 1:
             chunks: list[tuple[str, dict[str, Any]]] = []
             value, logprobs, meta = "", [], {}
@@ -320,7 +331,7 @@ class StreamExecutor:
                 if name:
                     self.stream_chunks[name] = chunks
                     self.variables.pop(name, None)
-            for delta, chunk_meta in self.backend.generate_stream(self.text_, params, images):
+            for delta, chunk_meta in self.backend.generate_stream(prompt, params, images):
                 with self.cond:
                     self.text_ += delta
                     value += delta
@@ -339,7 +350,7 @@ class StreamExecutor:
                 meta = dict(meta, output_token_logprobs=logprobs)
             self._publish(name, value, meta, expr)
             return
-        text, meta = self.backend.generate(self.text_, params, images)
+        text, meta = self.backend.generate(prompt, params, images)
         if isinstance(text, list):
             text = [t + _close_typed(params, t, name) for t in text]
         else:

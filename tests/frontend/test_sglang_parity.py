@@ -24,7 +24,6 @@ UNSUPPORTED = {
     "sglang.lang.ir.SglConcateAndAppend": "join('concate_and_append') appends the branches' text; "
                                           "there is no KV-cache splicing node to build",
     "sglang.lang.interpreter.run_internal": "a private helper of run_program (call run_program)",
-    "sglang.OpenAI": "the OpenAI-compatible backend is not built yet",
 }
 # Names that exist but refuse when used, with an error naming the alternative.
 REFUSED = {"Anthropic", "LiteLLM", "VertexAI", "Crusoe", "video"}
