@@ -89,7 +89,9 @@ class SampleOutput:
     """Result of one sampling step. Iterates as ``(next_token_ids, next_token_logprobs)``."""
 
     next_token_ids: torch.Tensor        # [bs] int64
-    next_token_logprobs: torch.Tensor   # [bs] float32
+    # [bs] float32; None for an all-greedy batch whose requests did not ask for logprobs
+    # (``info.need_token_logprobs`` False): the normalizer costs as much as the argmax.
+    next_token_logprobs: torch.Tensor | None
     # [bs, vocab] log-probs (after temperature, before filtering) when return_logprobs=True;
     # feed to logits_processor.get_top_logprobs / get_token_logprobs.
     logprobs: torch.Tensor | None = None
@@ -144,6 +146,8 @@ class Sampler(torch.nn.Module):
             if return_logprobs:
                 full = torch.log_softmax(logits, dim=-1)
                 return SampleOutput(ids, full.gather(1, ids.view(-1, 1)).view(-1), full)
+            if not info.need_token_logprobs:
+                return SampleOutput(ids, None)
             lp = logits.gather(1, ids.view(-1, 1)).view(-1) - torch.logsumexp(logits, dim=-1)
             return SampleOutput(ids, lp)
 

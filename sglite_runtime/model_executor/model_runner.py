@@ -138,8 +138,10 @@ class ModelRunner:
         """The model on a prepared DECODE batch, metadata already set (what graphs capture)."""
         return self.model(fb.input_ids, fb.positions, fb)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def compute_logits(self, hidden_rows: torch.Tensor) -> torch.Tensor:
+        # no_grad, not inference_mode: the result is an ordinary tensor, so penalties and
+        # grammar masks can update it in place without the scheduler copying it every step.
         return self.model.compute_logits(hidden_rows).float()
 
 

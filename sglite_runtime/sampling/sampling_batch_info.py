@@ -42,6 +42,9 @@ class SamplingBatchInfo:
     device: torch.device
     penalizer: BatchedPenalizer | None = None
     row_flags: list[_RowFlags] = field(default_factory=list)
+    # Per row: does the request want its sampled tokens' logprobs (``return_logprob``)? Kept so
+    # that an all-greedy batch where nobody asks skips the log-softmax normalizer every step.
+    logprob_rows: list[bool] = field(default_factory=list)
     is_all_greedy: bool = False
     need_top_k_sampling: bool = False
     need_top_p_sampling: bool = False
@@ -76,12 +79,19 @@ class SamplingBatchInfo:
             device=device,
             penalizer=BatchedPenalizer.from_reqs(reqs, vocab_size, device, eos_token_ids),
             row_flags=flags,
+            # Requests that do not say (plain objects in tests) get logprobs, as before.
+            logprob_rows=[bool(getattr(r, "return_logprob", True)) for r in reqs],
         )
         info._update_flags()
         return info
 
     def __len__(self) -> int:
         return len(self.row_flags)
+
+    @property
+    def need_token_logprobs(self) -> bool:
+        """Whether some row wants its sampled token's logprob (True when rows are not known)."""
+        return len(self.logprob_rows) != len(self.row_flags) or any(self.logprob_rows)
 
     def _update_flags(self) -> None:
         sampled = [f for f in self.row_flags if not f[0]]
@@ -120,6 +130,10 @@ class SamplingBatchInfo:
             self.penalizer.filter(keep, keep_list)
             if not self.penalizer.is_required() or not keep_list:
                 self.penalizer = None
+        if len(self.logprob_rows) == len(self.row_flags):
+            self.logprob_rows = [self.logprob_rows[i] for i in keep_list]
+        else:
+            self.logprob_rows = []
         self.row_flags = [self.row_flags[i] for i in keep_list]
         self._update_flags()
 
@@ -131,6 +145,8 @@ class SamplingBatchInfo:
                                                 self.vocab_size, self.device)
         for name in ("temperatures", "top_ps", "top_ks", "min_ps", "is_greedy", "seeds", "steps"):
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        known = len(self.logprob_rows) == len(self.row_flags) and len(other.logprob_rows) == len(other.row_flags)
+        self.logprob_rows = self.logprob_rows + other.logprob_rows if known else []
         self.row_flags = self.row_flags + other.row_flags
         self._update_flags()
 

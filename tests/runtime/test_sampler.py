@@ -288,6 +288,33 @@ def test_logprobs_semantics() -> None:
     assert_close(g_lp, compute_logprobs(logits).gather(1, g_ids[:, None]).view(-1))
 
 
+def test_greedy_logprobs_only_when_some_request_asks() -> None:
+    """An all-greedy batch nobody asked logprobs of skips them (same ids); they come back as
+    soon as one row asks, through filter and merge too."""
+    torch.manual_seed(5)
+    logits = torch.randn(4, V)
+
+    def req(lp: bool):
+        r = make_req(temperature=0.0)
+        r.return_logprob = lp
+        return r
+
+    quiet = info_for([req(False) for _ in range(4)])
+    ids, lp = sampler(logits, quiet)
+    assert lp is None and torch.equal(ids, logits.argmax(-1))
+    mixed = info_for([req(False), req(True), req(False), req(False)])
+    ids2, lp2 = sampler(logits, mixed)
+    assert torch.equal(ids2, ids)
+    assert_close(lp2, compute_logprobs(logits).gather(1, ids[:, None]).view(-1))
+    mixed.filter([0, 2])
+    assert sampler(logits[[0, 2]], mixed).next_token_logprobs is None
+    quiet.merge(info_for([req(True)]))
+    assert sampler(torch.randn(5, V), quiet).next_token_logprobs is not None
+    # Rows of unknown preference (built without from_reqs' flags) keep getting logprobs.
+    quiet.logprob_rows = []
+    assert quiet.need_token_logprobs
+
+
 def test_top_logprobs() -> None:
     lp = compute_logprobs(torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 4.0, 3.0, 2.0]]))
     top = get_top_logprobs(lp, [3, 0])
