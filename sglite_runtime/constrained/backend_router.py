@@ -38,12 +38,13 @@ class RoutedGrammarBackend(BaseGrammarBackend):
     """Sends each key to the engine of its kind; compiled objects remember their engine."""
 
     def __init__(self, name: str, tokenizer: Any, vocab_size: int | None = None,
-                 eos_token_ids: int | list[int] | None = None) -> None:
+                 eos_token_ids: int | list[int] | None = None, whitespace_pattern: str | None = None) -> None:
         if name not in GRAMMAR_BACKENDS:
             raise ValueError(f"grammar_backend must be one of {GRAMMAR_BACKENDS}, got {name!r}")
         self.name = name
         self.cfg = XGrammarBackend(tokenizer, vocab_size=vocab_size, eos_token_ids=eos_token_ids)
-        self.outlines = (OutlinesGrammarBackend(tokenizer, vocab_size=vocab_size, eos_token_ids=eos_token_ids)
+        ws = {} if whitespace_pattern is None else {"whitespace_pattern": whitespace_pattern}
+        self.outlines = (OutlinesGrammarBackend(tokenizer, vocab_size=vocab_size, eos_token_ids=eos_token_ids, **ws)
                          if name == "outlines" else None)
 
     def engine_for(self, kind: str) -> BaseGrammarBackend:
@@ -57,8 +58,8 @@ class RoutedGrammarBackend(BaseGrammarBackend):
     def compile(self, key: GrammarKey) -> Any:
         return self.engine_for(key[0]).compile(key)
 
-    def compile_in_worker(self, key: GrammarKey) -> Any:
-        return self.engine_for(key[0]).compile_in_worker(key)
+    def worker_task(self, key: GrammarKey) -> tuple[str, tuple] | None:
+        return self.engine_for(key[0]).worker_task(key)
 
     def finish_compile(self, key: GrammarKey, payload: Any) -> Any:
         return self.engine_for(key[0]).finish_compile(key, payload)
