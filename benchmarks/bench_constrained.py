@@ -9,6 +9,10 @@
     sizes. Per-output-token time = decode wall time / decode steps. Target: ratio <= 1.1.
 (b) Requests/s with jump-forward on vs off on JSON extraction (schemas with fixed keys,
     ``const`` and enum values), all requests submitted at once. Target: ratio >= 1.5.
+(d) The token budget (complete within max_new_tokens): TPOT of JSON decoding with unbounded
+    strings under a tight budget (the budget mask is active for most steps) vs the same
+    replayed unconstrained; per-call mask cost with and without the budget limit; the time to
+    compile a grammar and to compute its per-state token distances.
 (c) Peer: HF ``generate`` + ``xgrammar.contrib.hf.LogitsProcessor`` on the (b) requests, one
     static left-padded batch, greedy.
 
@@ -172,6 +176,77 @@ def bench_tpot(model: str, tok, repeats: int, batch: int = 8) -> dict:
     return out
 
 
+# ---- (d) token budget -------------------------------------------------------------------------
+EVENT = {"type": "object", "properties": {"title": {"type": "string"}, "guests": {"type": "array", "items": {"type": "string"}},
+                                          "price": {"type": "number"}}, "required": ["title", "guests", "price"]}
+
+
+def bench_budget(model: str, tok, repeats: int, batch: int = 8) -> dict:
+    import random
+
+    import numpy as np
+
+    from sglite_runtime.constrained.compile_worker import token_distances
+    from sglite_runtime.constrained.grammar_cache import make_key
+    from scheduler_utils import make_scheduler
+
+    s = make_scheduler(model, disable_jump_forward=True)
+    eos, backend = set(s.eos_token_ids), s.grammar_manager.backend
+    g0 = backend.new_grammar(backend.compile(make_key("json", json.dumps(EVENT))))
+    minimum = g0.min_tokens_to_accept()
+    out: dict[str, Any] = {"schema": "EVENT (unbounded strings, array, number)", "minimum_tokens": minimum}
+    prompts = [chat_ids(tok, f"Describe party number {i} as JSON.") for i in range(batch)]
+    for budget in (minimum + 4, 48):
+        con = [(f"c{i}", p, {"max_new_tokens": budget, "temperature": 1.0, "seed": i, "json_schema": json.dumps(EVENT)})
+               for i, p in enumerate(prompts)]
+        first = drive(s, con)
+        res = [first["results"][f"c{i}"] for i in range(batch)]
+        lengths = [len(r.output_ids) for r in res]
+        stop = sum(r.finish_reason["type"] == "stop" for r in res)
+        valid = sum(validate(tok, EVENT, r.output_ids, eos) for r in res)
+        free = [(f"u{i}", p, {"max_new_tokens": n, "temperature": 1.0, "seed": i, "ignore_eos": True})
+                for i, (p, n) in enumerate(zip(prompts, lengths))]
+        drive(s, free)
+        per: dict[str, list[float]] = {"c": [], "u": []}
+        for _ in range(repeats):
+            for name, reqs in (("c", con), ("u", free)):
+                t = drive(s, reqs)
+                per[name].append(t["decode_s"] / t["decode_steps"])
+        c_ms, u_ms = min(per["c"]) * 1e3, min(per["u"]) * 1e3
+        out[f"max_new_tokens={budget}"] = {"valid": f"{valid}/{batch}", "finish_stop": f"{stop}/{batch}",
+                                           "output_lengths": lengths, "tpot_constrained_ms": round(c_ms, 3),
+                                           "tpot_unconstrained_ms": round(u_ms, 3), "ratio": round(c_ms / u_ms, 3)}
+    # Mask cost per call along random walks: unlimited vs budget-limited (cached rows).
+    mask = backend.allocate_vocab_mask(s.vocab_size, 1, "cpu")
+    rng, timings = random.Random(0), {"unlimited": [], "budget_limited": []}
+    for walk in range(40):
+        g = g0.copy()
+        g.set_token_budget(minimum + 6 if walk % 2 else None)
+        key = "budget_limited" if walk % 2 else "unlimited"
+        while not g.is_terminated() and (g.remaining_tokens() is None or g.remaining_tokens() > 0):
+            t = time.perf_counter()
+            g.fill_vocab_mask(mask, 0)
+            timings[key].append(time.perf_counter() - t)
+            allowed = g.allowed_token_ids()
+            tid = rng.choice(allowed)
+            if tid in eos or len(timings[key]) > 4000:
+                break
+            g.accept_token(tid)
+    out["mask_us_per_call_median"] = {k: round(float(np.median(v)) * 1e6, 2) for k, v in timings.items()}
+    compile_ms = {}
+    for name, schema in (("PEOPLE", PEOPLE), ("EVENT", EVENT), ("ORDER", ORDER)):
+        t = time.perf_counter()
+        c = backend.compile(make_key("json", json.dumps(schema)))
+        total = time.perf_counter() - t
+        t = time.perf_counter()
+        token_distances(c.index)
+        compile_ms[name] = {"compile_ms": round(total * 1e3, 1), "distances_ms": round((time.perf_counter() - t) * 1e3, 1),
+                            "states": len(c.distances)}
+    out["compile"] = compile_ms
+    s.grammar_manager.shutdown()
+    return out
+
+
 # ---- (b) jump-forward on vs off -----------------------------------------------------------------
 def extraction_requests(tok, n: int) -> list[tuple[str, list[int], dict]]:
     reqs = []
@@ -271,12 +346,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--num-extract", type=int, default=32)
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--only-budget", action="store_true", help="run (d) only (merged into the results file)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.model)
+    budget = bench_budget(args.model, tok, args.repeats)
+    print(f"(d) token budget: {json.dumps(budget)}")
+    if args.only_budget:
+        path = os.path.join(HERE, "results", "constrained.json")
+        payload = json.load(open(path)) if os.path.exists(path) else {"model": args.model}
+        payload["token_budget"] = budget
+        write_results("constrained", payload)
+        return
     tpot = bench_tpot(args.model, tok, args.repeats)
     print(f"(a) TPOT batch {tpot['batch']}: constrained {tpot['tpot_constrained_ms']} ms, unconstrained "
           f"{tpot['tpot_unconstrained_ms']} ms -> {tpot['ratio']}x (target <= 1.1); valid {tpot['valid']}")
@@ -289,7 +373,8 @@ def main() -> None:
     print(f"(b') string-level jump-forward: {jf_str['req_per_s_on']} req/s on vs {jf_str['req_per_s_off']} off -> "
           f"{jf_str['ratio']}x (target >= 1.5); forced {jf_str['jump_forward_tokens']}/{jf_str['output_tokens']} "
           f"tokens; identical to no jump {jf_str['identical_outputs_on_off']}; valid {jf_str['valid']}")
-    payload = {"model": args.model, "tpot": tpot, "jump_forward": jf, "jump_forward_string_mode": jf_str}
+    payload = {"model": args.model, "tpot": tpot, "jump_forward": jf, "jump_forward_string_mode": jf_str,
+               "token_budget": budget}
     if not args.skip_peer:
         peer = bench_hf_xgrammar(args.model, tok, reqs, args.repeats)
         payload["hf_xgrammar"] = peer
