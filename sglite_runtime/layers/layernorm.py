@@ -1,4 +1,5 @@
-"""RMSNorm, bit-compatible with HF ``LlamaRMSNorm``: normalize in fp32, cast back, scale."""
+"""RMSNorm, bit-compatible with HF ``LlamaRMSNorm`` (normalize in fp32, cast back, scale) and
+``GemmaRMSNorm`` (scale by ``1 + weight`` in fp32, then cast)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,18 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+class GemmaRMSNorm(RMSNorm):
+    """Gemma's RMSNorm: the weight is an offset from 1, and the scaling happens in fp32 before the
+    cast back (Llama casts first), exactly as HF ``Gemma3RMSNorm``."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, params_dtype: torch.dtype | None = None):
+        super().__init__(hidden_size, eps, params_dtype)
+        with torch.no_grad():
+            self.weight.zero_()
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return (h * (1.0 + self.weight.float())).to(x.dtype)

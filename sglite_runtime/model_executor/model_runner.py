@@ -42,7 +42,7 @@ class ModelRunner:
 
         self.model, self.hf_config = load_model(
             server_args.model_path, dtype=_resolve_dtype(server_args.dtype, None), device=self.device,
-            revision=server_args.revision,
+            revision=server_args.revision, trust_remote_code=server_args.trust_remote_code,
         )
         self.model.eval()
         if self.device == "cpu":
@@ -113,6 +113,10 @@ class ModelRunner:
     def _create_cuda_graph_runner(self):
         """Decode CUDA graphs on a GPU unless --disable-cuda-graph (never on a CPU)."""
         if not self.device.startswith("cuda") or self.server_args.disable_cuda_graph:
+            return None
+        if not getattr(self.model, "supports_cuda_graph", True):
+            logger.info("%s cannot run in CUDA graphs (MoE expert loop); decode runs eagerly",
+                        type(self.model).__name__)
             return None
         if not getattr(self.attn_backend, "supports_cuda_graph", False):
             logger.warning("attention backend %s cannot run in CUDA graphs; decode runs eagerly",

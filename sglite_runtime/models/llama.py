@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from sglite_runtime.distributed import get_tp_size
-from sglite_runtime.layers.activation import SiluAndMul
+from sglite_runtime.layers.activation import gated_activation
 from sglite_runtime.layers.layernorm import RMSNorm
 from sglite_runtime.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from sglite_runtime.layers.radix_attention import RadixAttention
@@ -45,6 +45,7 @@ class AttentionFlags:
     qkv_bias: bool = False
     o_bias: bool = False
     qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k, before RoPE
+    norm_cls: type[RMSNorm] = RMSNorm  # the q/k norm's flavour (Gemma: GemmaRMSNorm)
 
 
 def get_head_dim(config: Any) -> int:
@@ -74,8 +75,13 @@ def layer_sliding_window(config: Any, layer_id: int) -> int | None:
 class RopeTable:
     """One RoPE module per layer type, built on first use and shared by the layers."""
 
-    def __init__(self, config: Any, head_dim: int, per_layer_type: bool = False):
-        self.config, self.head_dim, self.per_layer_type = config, head_dim, per_layer_type
+    def __init__(self, config: Any, head_dim: int):
+        self.config, self.head_dim = config, head_dim
+        params = getattr(config, "rope_parameters", None)
+        # Gemma 3: {"sliding_attention": {...}, "full_attention": {...}}.
+        self.per_layer_type = isinstance(params, dict) and bool(params) and all(
+            isinstance(v, dict) for v in params.values()
+        )
         self._ropes: dict[str | None, RotaryEmbedding] = {}
 
     def get(self, layer_id: int) -> RotaryEmbedding:
@@ -86,11 +92,11 @@ class RopeTable:
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, dtype: torch.dtype):
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, dtype: torch.dtype, act: str = "silu"):
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2, bias=bias, params_dtype=dtype)
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias, params_dtype=dtype)
-        self.act_fn = SiluAndMul()
+        self.act_fn = gated_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
@@ -121,8 +127,8 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, hidden, bias=flags.o_bias, params_dtype=dtype)
         self.qk_norm = flags.qk_norm
         if self.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps, params_dtype=dtype)
-            self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps, params_dtype=dtype)
+            self.q_norm = flags.norm_cls(self.head_dim, eps=config.rms_norm_eps, params_dtype=dtype)
+            self.k_norm = flags.norm_cls(self.head_dim, eps=config.rms_norm_eps, params_dtype=dtype)
         self.rotary_emb = rope if rope is not None else rope_for_config(config, self.head_dim)
         self.attn = RadixAttention(
             self.num_heads,
@@ -156,7 +162,9 @@ class LlamaDecoderLayer(nn.Module):
 
     def make_mlp(self, config: Any, layer_id: int, dtype: torch.dtype) -> nn.Module:
         """The feed-forward block of layer ``layer_id`` (MoE models override this)."""
-        return LlamaMLP(config.hidden_size, config.intermediate_size, bool(getattr(config, "mlp_bias", False)), dtype)
+        bias = bool(getattr(config, "mlp_bias", False))
+        act = getattr(config, "hidden_act", None) or "silu"
+        return LlamaMLP(config.hidden_size, config.intermediate_size, bias, dtype, act)
 
     def forward(
         self,

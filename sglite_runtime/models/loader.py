@@ -3,7 +3,9 @@
 Tensors are read one at a time with ``safetensors.safe_open`` and handed to each parameter's
 ``weight_loader`` (which takes this TP rank's slice), so peak extra memory is one tensor.
 HF names map 1:1 onto sglite modules except the fused ones, listed in the model's
-``stacked_params_mapping`` (q/k/v → ``qkv_proj``, gate/up → ``gate_up_proj``).
+``stacked_params_mapping`` (q/k/v → ``qkv_proj``, gate/up → ``gate_up_proj``), and those a
+model maps itself with ``map_checkpoint_name(name) -> (param, shard) | None`` (MoE experts),
+declaring the shards each such param needs in ``required_shards() -> {param: {shard, ...}}``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ def load_weights_from_iter(model: nn.Module, weights: Iterator[tuple[str, torch.
         for pname in params:
             if f".{fused}." in f".{pname}":
                 needed[pname].add(shard)
+    if hasattr(model, "required_shards"):
+        for pname, shards in model.required_shards().items():
+            needed[pname] |= set(shards)
+    name_map = getattr(model, "map_checkpoint_name", None)
     got: dict[str, set] = {name: set() for name in params}
     unexpected: list[str] = []
     with torch.no_grad():
@@ -70,10 +76,14 @@ def load_weights_from_iter(model: nn.Module, weights: Iterator[tuple[str, torch.
             if _skip(name, tied):
                 continue
             target, shard = name, None
-            for fused, ckpt, shard_id in mapping:
-                if f".{ckpt}." in name:
-                    target, shard = name.replace(f".{ckpt}.", f".{fused}."), shard_id
-                    break
+            mapped = name_map(name) if name_map is not None else None
+            if mapped is not None:
+                target, shard = mapped
+            else:
+                for fused, ckpt, shard_id in mapping:
+                    if f".{ckpt}." in name:
+                        target, shard = name.replace(f".{ckpt}.", f".{fused}."), shard_id
+                        break
             param = params.get(target)
             if param is None:
                 unexpected.append(name)
@@ -134,6 +144,7 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
     revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[nn.Module, Any]:
     """Build the sglite model for ``model_path`` (a folder or a Hub id) on ``device`` and load
     its weights, cast to ``dtype`` (default: the config's) whatever dtype the checkpoint stores.
@@ -148,7 +159,9 @@ def load_model(
     from sglite_runtime.utils.hf_utils import resolve_model_path
 
     model_path = resolve_model_path(model_path, revision)
-    hf_config = AutoConfig.from_pretrained(model_path, local_files_only=True)
+    # trust_remote_code: a config class shipped as code in the folder (the model itself must
+    # still be one of sglite's architectures).
+    hf_config = AutoConfig.from_pretrained(model_path, local_files_only=True, trust_remote_code=trust_remote_code)
     model_dtype = resolve_dtype(hf_config, dtype)
     cls = get_model_class(hf_config)
     with torch.device(device):

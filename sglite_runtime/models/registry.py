@@ -13,6 +13,9 @@ _MODELS: dict[str, str] = {
     "Qwen2ForCausalLM": "sglite_runtime.models.qwen2:Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "sglite_runtime.models.qwen3:Qwen3ForCausalLM",
     "MistralForCausalLM": "sglite_runtime.models.mistral:MistralForCausalLM",
+    "Gemma3ForCausalLM": "sglite_runtime.models.gemma3:Gemma3ForCausalLM",
+    "Phi3ForCausalLM": "sglite_runtime.models.phi3:Phi3ForCausalLM",
+    "Qwen3MoeForCausalLM": "sglite_runtime.models.qwen3_moe:Qwen3MoeForCausalLM",
 }
 
 

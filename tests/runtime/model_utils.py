@@ -39,9 +39,25 @@ TINY_BASE = dict(
 
 
 def _config_class(arch: str):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    from transformers import (
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+        Qwen3MoeConfig,
+    )
 
-    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config, "mistral": MistralConfig}
+    classes = {
+        "llama": LlamaConfig,
+        "qwen2": Qwen2Config,
+        "qwen3": Qwen3Config,
+        "mistral": MistralConfig,
+        "gemma3": Gemma3TextConfig,
+        "phi3": Phi3Config,
+        "qwen3_moe": Qwen3MoeConfig,
+    }
     if arch not in classes:
         raise ValueError(f"arch must be one of {sorted(classes)}")
     return classes[arch]
@@ -50,10 +66,20 @@ def _config_class(arch: str):
 def make_tiny_config(arch: str = "llama", **overrides: Any):
     """An HF config of the tiny shape above; ``overrides`` win (e.g. ``head_dim=32``)."""
     kwargs = {**TINY_BASE, **overrides}
-    if arch == "qwen3" and "head_dim" not in kwargs:
-        # Qwen3Config defaults head_dim to 128 rather than hidden/heads.
+    if arch in ("qwen3", "qwen3_moe", "gemma3") and "head_dim" not in kwargs:
+        # These configs default head_dim to 128/256 rather than hidden/heads.
         kwargs["head_dim"] = kwargs["hidden_size"] // kwargs["num_attention_heads"]
-    return _config_class(arch)(**kwargs)
+    if arch == "gemma3":
+        kwargs.setdefault("query_pre_attn_scalar", kwargs["head_dim"])
+    if arch == "phi3":
+        # Phi3Config's default special ids (32000) are outside a tiny vocabulary.
+        kwargs.setdefault("pad_token_id", 0)
+        kwargs.setdefault("eos_token_id", 1)
+        kwargs.setdefault("bos_token_id", 1)
+    config = _config_class(arch)(**kwargs)
+    if arch == "gemma3":
+        config.architectures = ["Gemma3ForCausalLM"]  # AutoModel picks it for gemma3_text anyway
+    return config
 
 
 def make_tiny_model(
