@@ -68,6 +68,9 @@ class Req:
         self.finished_reason: dict | None = None
         self.to_abort = False
         self.to_abort_message = ""
+        # Set when handling this request raised: its finish reason (an abort with status 500).
+        self.error_reason: dict | None = None
+        self.finish_sent = False  # the finish message went out (never send it twice)
         # Constrained generation
         self.grammar: Any = None
         self.grammar_key: tuple | None = None
@@ -143,6 +146,9 @@ class ScheduleBatch:
         self.extend_lens_cpu: list[int] = []
         # The last sampled token of each request (the next decode input), kept on device.
         self.output_ids: torch.Tensor | None = None
+        # KV slots each request's row holds right now (set as prepare_* allocates), so a batch
+        # that fails half-way can be released exactly.
+        self.kv_lens: list[int] = []
 
     def batch_size(self) -> int:
         return len(self.reqs)
@@ -185,6 +191,7 @@ class ScheduleBatch:
         for r, p in zip(self.reqs, prefix_lens):
             if p:
                 table[r.req_pool_idx, :p] = r.prefix_indices.to(table.dtype)
+        self.kv_lens = list(prefix_lens)
         self._ensure_free(sum(extend_lens) + len(self.reqs) * (self.allocator.page_size - 1))
         out_cache_loc = self.allocator.alloc_extend(prefix_lens, seq_lens, self._last_locs(prefix_lens))
         if out_cache_loc is None:
@@ -195,6 +202,7 @@ class ScheduleBatch:
             ids.extend(r.fill_ids[p:s])
             pos.extend(range(p, s))
             start += n
+        self.kv_lens = list(seq_lens)
         dev = self.device
         self.input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)
         self.positions = torch.tensor(pos, dtype=torch.int64, device=dev)
@@ -216,6 +224,7 @@ class ScheduleBatch:
     def prepare_for_decode(self) -> None:
         """One new token per request: the last sampled one, at position seq_len - 1."""
         self.forward_mode = ForwardMode.DECODE
+        self.kv_lens = list(self.seq_lens_cpu)
         self.input_ids = self.output_ids
         self.seq_lens = self.seq_lens + 1
         self.seq_lens_cpu = [s + 1 for s in self.seq_lens_cpu]
@@ -229,12 +238,15 @@ class ScheduleBatch:
         self.out_cache_loc = loc.to(self.device)
         table = self.req_to_token_pool.req_to_token
         table[self.req_pool_indices, self.positions] = self.out_cache_loc.to(table.dtype)
+        self.kv_lens = list(self.seq_lens_cpu)
 
     # ---- batch surgery ---------------------------------------------------------------------
     def filter_batch(self, keep: list[int]) -> None:
         if len(keep) == len(self.reqs):
             return
         self.reqs = [self.reqs[i] for i in keep]
+        if self.kv_lens:
+            self.kv_lens = [self.kv_lens[i] for i in keep]
         idx = torch.tensor(keep, dtype=torch.int64, device=self.device)
         self.req_pool_indices = self.req_pool_indices[idx]
         self.seq_lens = self.seq_lens[idx]
@@ -249,6 +261,7 @@ class ScheduleBatch:
         elif other.sampling_info is not None:
             self.sampling_info = other.sampling_info
         self.reqs = self.reqs + other.reqs
+        self.kv_lens = []  # set again by the next prepare_for_decode
         if self.req_pool_indices is None:
             self.req_pool_indices, self.seq_lens, self.output_ids = (
                 other.req_pool_indices, other.seq_lens, other.output_ids)

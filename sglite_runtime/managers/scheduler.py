@@ -9,6 +9,7 @@ moves messages in and out of ``step``, so tests and the in-process engine drive 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections import deque
@@ -114,13 +115,18 @@ class Scheduler(SchedulerOutputMixin):
 
     def handle_generate_request(self, recv: TokenizedGenerateReqInput) -> None:
         try:
-            sp = SamplingParams.from_dict(dict(recv.sampling_params))
-            sp.normalize(self.tokenizer)
-            sp.verify(self.vocab_size)
-            self._check_length(recv, sp)
+            self._admit(recv)
         except ValueError as e:
             self._reject(recv, str(e))
-            return
+        except Exception as e:  # a bug triggered by this request: it fails alone
+            logger.exception("request %s failed on arrival", recv.rid)
+            self._reject_rid(recv.rid, len(recv.input_ids), f"Internal error while admitting the request: {e!r}", 500)
+
+    def _admit(self, recv: TokenizedGenerateReqInput) -> None:
+        sp = SamplingParams.from_dict(dict(recv.sampling_params))
+        sp.normalize(self.tokenizer)
+        sp.verify(self.vocab_size)
+        self._check_length(recv, sp)
         seed = sp.seed if sp.seed is not None else self._seed_rng.getrandbits(62)
         req = Req(recv.rid, recv.input_text, list(recv.input_ids), sp, seed,
                   return_logprob=recv.return_logprob, logprob_start_len=recv.logprob_start_len,
@@ -146,9 +152,9 @@ class Scheduler(SchedulerOutputMixin):
         """Finish a request that never ran (it holds no KV) with a client error."""
         self._reject_rid(req.rid, len(req.origin_input_ids), message)
 
-    def _reject_rid(self, rid: str, prompt_tokens: int, message: str) -> None:
+    def _reject_rid(self, rid: str, prompt_tokens: int, message: str, status_code: int = 400) -> None:
         self.pending_outputs.append(self._single_output(
-            rid, [], {"type": "abort", "message": message, "status_code": 400}, prompt_tokens, 0, 0))
+            rid, [], {"type": "abort", "message": message, "status_code": status_code}, prompt_tokens, 0, 0))
 
     def handle_abort(self, recv: AbortReq) -> None:
         def hit(r: Req) -> bool:
@@ -217,7 +223,11 @@ class Scheduler(SchedulerOutputMixin):
                 self.stats["prompt_tokens"] += len(r.origin_input_ids)
                 self.stats["cached_tokens"] += r.cached_tokens
         batch = ScheduleBatch(adder.can_run_list, self.req_to_token_pool, self.allocator, self.tree_cache, self.device)
-        batch.prepare_for_extend()
+        try:
+            batch.prepare_for_extend()
+        except Exception as e:
+            self.fail_batch(batch, e)
+            return None
         return batch
 
     def _shares_prefix_in_batch(self, req: Req, seen: set[tuple[int, ...]]) -> bool:
@@ -248,7 +258,11 @@ class Scheduler(SchedulerOutputMixin):
             self.waiting_queue = retracted + self.waiting_queue
         else:
             self.new_token_ratio = max(self.new_token_ratio - NEW_TOKEN_RATIO_DECAY, min(MIN_NEW_TOKEN_RATIO, self.init_new_token_ratio))
-        batch.prepare_for_decode()
+        try:
+            batch.prepare_for_decode()
+        except Exception as e:
+            self.fail_batch(batch, e)
+            return None
         return batch
 
     # ---- one iteration -----------------------------------------------------------------------
@@ -259,7 +273,10 @@ class Scheduler(SchedulerOutputMixin):
             if not self.waiting_queue and self.chunked_req is None:
                 self.new_token_ratio = self.init_new_token_ratio
             return False
-        self.run_batch(batch)
+        try:
+            self.run_batch(batch)
+        except Exception as e:  # fails this batch's requests only; the scheduler keeps serving
+            self.fail_batch(batch, e)
         self.forward_ct += 1
         self.last_batch_time = time.monotonic()
         return True
@@ -318,6 +335,7 @@ class Scheduler(SchedulerOutputMixin):
             "num_retracted_reqs": self.num_retracted,
             "num_jump_forward_tokens": self.num_jump_forward_tokens,
             "cache_hit_rate": hit,
+            "pid": os.getpid(),  # the scheduler process (operators, and the chaos test, need it)
             **{f"{k}_total": v for k, v in self.stats.items()},
         }
 
@@ -354,27 +372,36 @@ def run_scheduler_process(server_args: ServerArgs, port_args: Any, pipe_writer: 
     pipe_writer.send({"status": "ready", "info": encode(ready)})
     idle_checked = True
     ran = False
-    while True:
-        msgs = []
-        # Block only when idle, so a running batch never waits on the socket; with only grammar
-        # compiles pending, wait a little instead of spinning (the spin would starve their thread).
-        timeout = 1000 if not scheduler.has_work() else (0 if ran else 5)
-        if recv.poll(timeout):
-            while True:
+    try:
+        while True:
+            msgs = []
+            # Block only when idle, so a running batch never waits on the socket; with only grammar
+            # compiles pending, wait a little instead of spinning (the spin would starve their thread).
+            timeout = 1000 if not scheduler.has_work() else (0 if ran else 5)
+            if recv.poll(timeout):
+                while True:
+                    try:
+                        msgs.append(decode(recv.recv(zmq.NOBLOCK)))
+                    except zmq.Again:
+                        break
+            for reply in scheduler.process_input_requests(msgs):
+                to_tokenizer.send(encode(reply))
+            ran = scheduler.step()
+            for out in scheduler.drain_outputs():
+                to_detok.send(encode(out))
+            if ran:
+                idle_checked = False
+            elif not scheduler.has_work() and not idle_checked:
+                idle_checked = True
                 try:
-                    msgs.append(decode(recv.recv(zmq.NOBLOCK)))
-                except zmq.Again:
-                    break
-        for reply in scheduler.process_input_requests(msgs):
-            to_tokenizer.send(encode(reply))
-        ran = scheduler.step()
-        for out in scheduler.drain_outputs():
-            to_detok.send(encode(out))
-        if ran:
-            idle_checked = False
-        elif not scheduler.has_work() and not idle_checked:
-            idle_checked = True
-            try:
-                scheduler.check_memory()
-            except RuntimeError as e:
-                logger.error("%s", e)
+                    scheduler.check_memory()
+                except RuntimeError as e:
+                    logger.error("%s", e)
+    except BaseException:
+        # An error no request can be blamed for (or a kill signal): exit non-zero at once, even
+        # with non-daemon threads alive (a grammar compile), so the server sees a dead child
+        # (/health 503, exit 1) instead of a live process that never answers.
+        logger.critical("scheduler crashed; exiting", exc_info=True)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(1)

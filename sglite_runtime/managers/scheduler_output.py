@@ -105,15 +105,16 @@ class SchedulerOutputMixin:
             if r.is_chunked:
                 self.tree_cache.cache_unfinished_req(r)
                 if r.to_abort:
-                    self._finish_without_output(r, {"type": "abort", "message": "Abort before prefill finished"})
+                    self._finish_without_output(
+                        r, r.error_reason or {"type": "abort", "message": "Abort before prefill finished"})
                     self.chunked_req = None
                 continue
             if r.sampling_params.max_new_tokens == 0 or r.to_abort:
-                reason = {"type": "abort", "message": "Abort"} if r.to_abort else {"type": "length", "length": 0}
+                reason = ((r.error_reason or {"type": "abort", "message": "Abort"}) if r.to_abort
+                          else {"type": "length", "length": 0})
                 self._finish_without_output(r, reason)
                 continue
-            self._append_token(r, next_ids[i], out, logits, i)
-            self.check_finished(r)
+            self._append_and_check(r, next_ids[i], out, logits, i)
             if r.finished():
                 self.tree_cache.cache_finished_req(r)
             else:
@@ -133,25 +134,30 @@ class SchedulerOutputMixin:
     def _collect_input_logprobs(self, batch, logits_all: torch.Tensor, spans) -> None:
         logprobs = torch.log_softmax(logits_all[:, : self.vocab_size].float(), dim=-1)
         for i, (lo, hi, first_pos) in spans.items():
-            r = batch.reqs[i]
-            ids = r.origin_input_ids
-            if r.input_token_logprobs is None:
-                r.input_token_logprobs, r.input_top_logprobs = [], []
-                if r.logprob_start_len == 0:
-                    r.input_token_logprobs.append((None, ids[0]))
-                    r.input_top_logprobs.append(None)
-            qs = [q for q in range(first_pos, first_pos + hi - lo) if q + 1 < len(ids)]
-            if not qs:
-                continue
-            row_idx = torch.tensor([lo + q - first_pos for q in qs], device=logprobs.device)
-            tok = torch.tensor([ids[q + 1] for q in qs], device=logprobs.device)
-            vals = logprobs[row_idx].gather(1, tok[:, None]).squeeze(1).tolist()
-            r.input_token_logprobs.extend(zip(vals, tok.tolist()))
-            if r.top_logprobs_num > 0:
-                tv, ti = logprobs[row_idx].topk(r.top_logprobs_num, dim=-1)
-                r.input_top_logprobs.extend([list(zip(a, b)) for a, b in zip(tv.tolist(), ti.tolist())])
-            else:
-                r.input_top_logprobs.extend([None] * len(qs))
+            try:
+                self._input_logprobs_one(batch.reqs[i], logprobs, lo, hi, first_pos)
+            except Exception as e:  # this request fails alone (finished by the extend loop)
+                self.fail_req(batch.reqs[i], e)
+
+    def _input_logprobs_one(self, r: "Req", logprobs: torch.Tensor, lo: int, hi: int, first_pos: int) -> None:
+        ids = r.origin_input_ids
+        if r.input_token_logprobs is None:
+            r.input_token_logprobs, r.input_top_logprobs = [], []
+            if r.logprob_start_len == 0:
+                r.input_token_logprobs.append((None, ids[0]))
+                r.input_top_logprobs.append(None)
+        qs = [q for q in range(first_pos, first_pos + hi - lo) if q + 1 < len(ids)]
+        if not qs:
+            return
+        row_idx = torch.tensor([lo + q - first_pos for q in qs], device=logprobs.device)
+        tok = torch.tensor([ids[q + 1] for q in qs], device=logprobs.device)
+        vals = logprobs[row_idx].gather(1, tok[:, None]).squeeze(1).tolist()
+        r.input_token_logprobs.extend(zip(vals, tok.tolist()))
+        if r.top_logprobs_num > 0:
+            tv, ti = logprobs[row_idx].topk(r.top_logprobs_num, dim=-1)
+            r.input_top_logprobs.extend([list(zip(a, b)) for a, b in zip(tv.tolist(), ti.tolist())])
+        else:
+            r.input_top_logprobs.extend([None] * len(qs))
 
     # ---- decode --------------------------------------------------------------------------
     def process_decode_result(self, batch: "ScheduleBatch", hidden: torch.Tensor) -> None:
@@ -160,8 +166,7 @@ class SchedulerOutputMixin:
         next_ids = out.next_token_ids.tolist()
         keep: list[int] = []
         for i, r in enumerate(batch.reqs):
-            self._append_token(r, next_ids[i], out, logits, i)
-            self.check_finished(r)
+            self._append_and_check(r, next_ids[i], out, logits, i)
             if r.finished():
                 self.tree_cache.cache_finished_req(r)
             elif not self._jump_forward(r):
@@ -169,6 +174,55 @@ class SchedulerOutputMixin:
         self.stream_output(batch.reqs)
         batch.output_ids = out.next_token_ids.to(torch.int64)
         batch.filter_batch(keep)
+
+    def _append_and_check(self, r: "Req", token: int, out, logits: torch.Tensor, i: int) -> None:
+        """Append the sampled token and decide whether ``r`` is finished; an exception here
+        (logprobs, grammar, stop matching) finishes ``r`` alone with a 500, never the batch."""
+        try:
+            self._append_token(r, token, out, logits, i)
+            self.check_finished(r)
+        except Exception as e:  # the token was appended first, so the KV bookkeeping holds
+            self.fail_req(r, e)
+            r.finished_reason = r.error_reason
+
+    def fail_req(self, r: "Req", exc: BaseException) -> None:
+        """Mark ``r`` to finish with a server error naming ``exc`` (released by the normal path)."""
+        logger.error("request %s failed: %r", r.rid, exc, exc_info=exc)
+        r.to_abort = True
+        r.error_reason = {"type": "abort", "status_code": 500,
+                          "message": f"Internal error while running this request: {exc!r}"}
+
+    def fail_batch(self, batch: "ScheduleBatch", exc: BaseException) -> None:
+        """A step failed where no single request can be blamed (forward, sampling, batch
+        preparation): finish every unfinished request of ``batch`` with a server error, release
+        its KV exactly, and keep serving everyone else."""
+        logger.error("a batch of %d request(s) failed; aborting them: %r", batch.batch_size(), exc, exc_info=exc)
+        reason = {"type": "abort", "status_code": 500, "message": f"Internal error while running this request: {exc!r}"}
+        table = self.req_to_token_pool.req_to_token
+        kv_lens = batch.kv_lens if len(batch.kv_lens) == len(batch.reqs) else None
+        failed = []
+        for i, r in enumerate(batch.reqs):
+            if r.finished() or (r.req_pool_idx is None and r in self.waiting_queue):
+                continue  # released already (finished, or jumped forward back to the queue)
+            if r.req_pool_idx is not None:
+                kv_len = kv_lens[i] if kv_lens is not None else r.seqlen - 1
+                own = self.tree_cache.owned_prefix_len(r)
+                self.allocator.free(table[r.req_pool_idx, own:kv_len].to(torch.int64))
+                self.req_to_token_pool.free(r.req_pool_idx)
+            if r.last_node is not None:
+                self.tree_cache.dec_lock_ref(r.last_node)
+            r.reset_for_retract()
+            r.finished_reason = r.error_reason or reason
+            failed.append(r)
+            if r is self.chunked_req:
+                self.chunked_req = None
+        if self.running_batch is not None and any(r in failed for r in self.running_batch.reqs):
+            keep = [i for i, r in enumerate(self.running_batch.reqs) if not r.finished()]
+            if keep and self.running_batch is not batch:
+                self.running_batch.filter_batch(keep)
+            else:
+                self.running_batch = None
+        self.stream_output(batch.reqs)
 
     def _append_token(self, r: "Req", token: int, out, logits: torch.Tensor, i: int) -> None:
         r.output_ids.append(token)
@@ -213,7 +267,7 @@ class SchedulerOutputMixin:
         self.num_jump_forward_tokens += len(forced)
         if r.to_abort or r.grammar.is_terminated():
             # Done without another forward; its KV was already released above.
-            r.finished_reason = ({"type": "abort", "message": r.to_abort_message} if r.to_abort
+            r.finished_reason = ((r.error_reason or {"type": "abort", "message": r.to_abort_message}) if r.to_abort
                                  else {"type": "stop", "matched": None})
             return True
         self.waiting_queue.insert(0, r)
@@ -229,7 +283,7 @@ class SchedulerOutputMixin:
         sp = r.sampling_params
         last = r.output_ids[-1]
         if r.to_abort:
-            r.finished_reason = {"type": "abort", "message": r.to_abort_message or "Abort"}
+            r.finished_reason = r.error_reason or {"type": "abort", "message": r.to_abort_message or "Abort"}
         elif last in (sp.stop_token_ids or ()) or (not sp.ignore_eos and last in r.eos_token_ids):
             r.finished_reason = {"type": "stop", "matched": last}
         elif r.grammar is not None and r.grammar.is_terminated():
@@ -249,8 +303,12 @@ class SchedulerOutputMixin:
     def stream_output(self, reqs: list["Req"]) -> None:
         entries = []
         for r in reqs:
-            if r.finished() or (r.stream and len(r.output_ids) > r.sent_len):
+            if r.finish_sent:
+                continue
+            new = len(r.output_ids) - r.sent_len
+            if r.finished() or (r.stream and new > 0):
                 entries.append(r)
+                r.finish_sent = r.finished()
         if not entries:
             return
         out = BatchTokenIDOut([], [], [], [], [], [], [], [], [], [], [], [])
