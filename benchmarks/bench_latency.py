@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import SHIPPED, load_hf, median, random_requests, write_results  # noqa: E402
+from common import SHIPPED, TORCH_DTYPES, load_hf, median, random_requests, sync, write_results  # noqa: E402
 from model_zoo import resolve_model  # noqa: E402
 
 
@@ -37,31 +37,55 @@ def bare_loop_tpot(model, prompt: list[int], n: int) -> float:
     from transformers import StaticCache
 
     cache = StaticCache(config=model.config, max_cache_len=len(prompt) + n + 1)
-    ids = torch.tensor([prompt])
+    dev = model.device
+    ids = torch.tensor([prompt], device=dev)
     with torch.inference_mode():
-        pos = torch.arange(len(prompt))
+        pos = torch.arange(len(prompt), device=dev)
         logits = model(input_ids=ids, cache=cache, cache_position=pos, use_cache=True).logits
         tok = logits[:, -1].argmax(-1, keepdim=True)
+        sync()
         t = time.perf_counter()
         for i in range(n - 1):
-            pos = torch.tensor([len(prompt) + i])
+            pos = torch.tensor([len(prompt) + i], device=dev)
             logits = model(input_ids=tok, cache=cache, cache_position=pos, use_cache=True).logits
             tok = logits[:, -1].argmax(-1, keepdim=True)
+        sync()
         return (time.perf_counter() - t) / (n - 1)
 
 
 def hf_generate_tpot(model, prompt: list[int], n: int) -> float:
     import torch
 
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     with torch.inference_mode():
         t = time.perf_counter()
         model.generate(input_ids=ids, max_new_tokens=1, min_new_tokens=1, do_sample=False, pad_token_id=0)
+        sync()
         first = time.perf_counter() - t
         t = time.perf_counter()
         model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        sync()
         total = time.perf_counter() - t
     return (total - first) / (n - 1)
+
+
+def engine_kwargs(pairs: list[str]) -> dict:
+    """``["a=1", "b=true"]`` → ``{"a": 1, "b": True}`` (ints, floats and booleans parsed)."""
+    out: dict = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        low = raw.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        else:
+            try:
+                out[key] = int(raw)
+            except ValueError:
+                try:
+                    out[key] = float(raw)
+                except ValueError:
+                    out[key] = raw
+    return out
 
 
 def main() -> None:
@@ -72,6 +96,10 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=32)
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None, help="results file name (default latency[_MODEL])")
+    ap.add_argument("--dtype", default="float32", choices=TORCH_DTYPES, help="both sides' weights")
+    ap.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra sglite.Engine arguments (e.g. disable_cuda_graph=true); repeatable")
     args = ap.parse_args()
 
     import sglite
@@ -84,13 +112,16 @@ def main() -> None:
     prompt = random_requests(1, (args.input_len, args.input_len), (1, 1), vocab, seed=0)[0][0]
     n = args.output_len
     res: dict = {"input_len": args.input_len, "output_len": n, "model": label}
-    with sglite.Engine(model_path=args.model) as engine:
+    res["dtype"] = args.dtype
+    with sglite.Engine(model_path=args.model, dtype=args.dtype, **engine_kwargs(args.engine_arg)) as engine:
         sglite_tpot(engine, prompt, 8)  # warm-up
         runs = [sglite_tpot(engine, prompt, n) for _ in range(args.repeats)]
         res["sglite_ttft_ms"] = median([r[0] for r in runs]) * 1e3
         res["sglite_tpot_ms"] = median([r[1] for r in runs]) * 1e3
-    model = load_hf(args.model)
-    threads = args.peer_threads or sorted({1, os.cpu_count() or 1})
+    model = load_hf(args.model, args.dtype)
+    # Thread counts only matter to the peers on a CPU.
+    threads = [torch.get_num_threads()] if torch.cuda.is_available() else (
+        args.peer_threads or sorted({1, os.cpu_count() or 1}))
     sweep: dict[str, dict[int, float]] = {"bare_loop_tpot_ms": {}, "hf_generate_tpot_ms": {}}
     for th in threads:
         torch.set_num_threads(th)
@@ -111,7 +142,7 @@ def main() -> None:
     print(f"TPOT sglite / bare loop: {res['ratio_vs_bare_loop']:.2f}x (target <= 1.1x); "
           f"sglite / HF generate: {res['ratio_vs_hf_generate']:.2f}x (target <= 0.8x); peers' best threads: "
           f"{res['bare_loop_threads']}, {res['hf_generate_threads']}")
-    write_results("latency" if label in ("sglite-tiny", "shipped") else f"latency_{label}", res)
+    write_results(args.out or ("latency" if label in ("sglite-tiny", "shipped") else f"latency_{label}"), res)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import SHIPPED, hf_continuous_generate, hf_static_generate, load_hf, random_requests, timed, write_results  # noqa: E402
+from bench_latency import engine_kwargs  # noqa: E402
+from common import (SHIPPED, TORCH_DTYPES, hf_continuous_generate, hf_static_generate, load_hf,  # noqa: E402
+                    random_requests, timed, write_results)
 from model_zoo import resolve_model  # noqa: E402
 
 
@@ -27,6 +29,11 @@ def main() -> None:
     ap.add_argument("--hf-batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64],
                     help="HF static batch sizes swept in this run; the ratio is against the best")
     ap.add_argument("--quick", action="store_true", help="16 short requests, for a smoke run")
+    ap.add_argument("--dtype", default="float32", choices=TORCH_DTYPES, help="both sides' weights")
+    ap.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra sglite.Engine arguments (e.g. disable_cuda_graph=true); repeatable")
+    ap.add_argument("--skip-generate-batch", action="store_true", help="skip the transformers CB peer")
+    ap.add_argument("--out", default=None, help="results file name (default offline[_quick][_MODEL])")
     args = ap.parse_args()
     if args.quick:
         args.num, args.max_len = 16, 48
@@ -40,9 +47,11 @@ def main() -> None:
     vocab = AutoConfig.from_pretrained(args.model).vocab_size
     reqs = random_requests(args.num, (16, args.max_len), (16, args.max_len), vocab, seed=0)
     total_out = sum(o for _, o in reqs)
-    results: dict = {"num_requests": args.num, "output_tokens": total_out, "model": label}
+    results: dict = {"num_requests": args.num, "output_tokens": total_out, "model": label,
+                     "dtype": args.dtype}
 
-    with sglite.Engine(model_path=args.model, max_total_tokens=65536) as engine:
+    with sglite.Engine(model_path=args.model, max_total_tokens=65536, dtype=args.dtype,
+                       **engine_kwargs(args.engine_arg)) as engine:
         sps = [{"max_new_tokens": o, "temperature": 0, "ignore_eos": True} for _, o in reqs]
         engine.generate(input_ids=[p for p, _ in reqs[:4]], sampling_params=sps[:4])  # warm-up
         engine.flush_cache()
@@ -52,7 +61,7 @@ def main() -> None:
         results["sglite_s"] = t
     print(f"sglite:                 {results['sglite_tok_s']:9.1f} out tok/s ({t:.1f} s)")
 
-    model = load_hf(args.model)
+    model = load_hf(args.model, args.dtype)
     hf_static_generate(model, reqs[:2], 2)  # warm-up
     sweep = {}
     for bs in args.hf_batch_sizes:
@@ -65,6 +74,8 @@ def main() -> None:
     results["hf_static_batch_size"] = best
     print(f"HF generate (static, best batch {best}): {sweep[best]:9.1f} out tok/s")
     try:
+        if args.skip_generate_batch:
+            raise RuntimeError("--skip-generate-batch")
         t, n = timed(lambda: hf_continuous_generate(model, reqs))
         results["hf_generate_batch_tok_s"] = n / t
         print(f"HF generate_batch (CB): {results['hf_generate_batch_tok_s']:9.1f} out tok/s ({t:.1f} s)")
@@ -81,7 +92,7 @@ def main() -> None:
         if k in results:
             print(f"{k}: {results[k]:.2f}x (target {results['targets'][k]}x)")
     suffix = "" if label in ("sglite-tiny", "shipped") else f"_{label}"
-    write_results(("offline" if not args.quick else "offline_quick") + suffix, results)
+    write_results(args.out or (("offline" if not args.quick else "offline_quick") + suffix), results)
 
 
 if __name__ == "__main__":

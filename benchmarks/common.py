@@ -34,6 +34,8 @@ def random_requests(n: int, in_range: tuple[int, int], out_range: tuple[int, int
 
 
 def write_results(name: str, payload: dict[str, Any]) -> str:
+    """``results/<name>.json`` (``SGLITE_RESULTS_PREFIX`` prepended to the name, e.g. ``gpu_``)."""
+    name = os.environ.get("SGLITE_RESULTS_PREFIX", "") + name
     os.makedirs(RESULTS_DIR, exist_ok=True)
     payload = {"benchmark": name, "device": device_name(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}
     path = os.path.join(RESULTS_DIR, f"{name}.json")
@@ -57,18 +59,32 @@ def timed(fn, repeats: int = 1) -> tuple[float, Any]:
     return median(times), out
 
 
-def load_hf(model_path: str):
-    """The HF peer, with the same torch thread count the sglite scheduler picks (fair on CPU)."""
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load_hf(model_path: str, dtype: str = "float32"):
+    """The HF peer on the GPU when there is one; on a CPU with the torch thread count the
+    sglite scheduler picks (fair: the benchmarks sweep other counts where it matters)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from sglite_runtime.model_executor.model_runner import cpu_threads
     from sglite_runtime.server_args import ServerArgs
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    if not torch.cuda.is_available():
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    else:
         torch.set_num_threads(cpu_threads(ServerArgs(model_path=model_path), model.config))
     return model
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that wall-clock timings mean something on a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def hf_static_generate(model, reqs, batch_size: int) -> int:
@@ -82,16 +98,17 @@ def hf_static_generate(model, reqs, batch_size: int) -> int:
     for i in range(0, len(reqs), batch_size):
         chunk = reqs[i : i + batch_size]
         width = max(len(p) for p, _ in chunk)
-        ids = torch.zeros((len(chunk), width), dtype=torch.int64)
+        ids = torch.zeros((len(chunk), width), dtype=torch.int64, device=model.device)
         mask = torch.zeros_like(ids)
         for j, (p, _) in enumerate(chunk):
-            ids[j, width - len(p):] = torch.tensor(p)
+            ids[j, width - len(p):] = torch.tensor(p, device=model.device)
             mask[j, width - len(p):] = 1
         max_new = max(o for _, o in chunk)
         with torch.no_grad():
             model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, min_new_tokens=max_new,
                            do_sample=False, pad_token_id=0)
         useful += sum(o for _, o in chunk)
+    sync()
     return useful
 
 
