@@ -18,7 +18,7 @@ from kernels.reference import decode_attention_ref, extend_attention_ref  # noqa
 from kernels.testing import make_paged_kv  # noqa: E402
 
 
-@pytest.mark.parametrize("window", [1, 5, 24])
+@pytest.mark.parametrize("window", [1, 24])
 def test_extend_sliding_window(window: int) -> None:
     h, kvh, d, page = 4, 2, 32, 1
     prefix_lens, ext_lens = [0, 40, 3], [37, 20, 1]
@@ -38,7 +38,7 @@ def test_extend_sliding_window(window: int) -> None:
     assert (ref - full).abs().max().item() > 1e-2  # the window really changed the result
 
 
-@pytest.mark.parametrize("window", [1, 7, 64])
+@pytest.mark.parametrize("window", [7, 64])
 def test_decode_sliding_window(window: int) -> None:
     h, kvh, d, page = 4, 1, 32, 16
     seq_lens = [1, 6, 50, 90]

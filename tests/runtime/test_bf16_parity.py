@@ -22,7 +22,6 @@ from sglite_runtime.models.loader import load_model  # noqa: E402
 
 CASES = {
     "llama": ("llama", {}),
-    "qwen3": ("qwen3", {}),
     "gemma3": NEW_CASES["gemma3"],
     "phi3-longrope-partial": NEW_CASES["phi3-longrope-partial"],
     "qwen3_moe-unnormalized": NEW_CASES["qwen3_moe-unnormalized"],

@@ -95,3 +95,28 @@ def test_batched_decode_mixed_lengths_with_window(models):
     logits = runner.decode(rows, [7, 7, 7])
     worst = max((logits[i] - refs[i][-1]).abs().max().item() for i in range(3))
     assert worst <= ATOL
+
+
+def test_scheduler_gemma3_chunked_prefill_and_radix_reuse_match_hf(tmp_path):
+    """Through the scheduler: a Gemma 3 model (window 8) with 16-token prefill chunks, then the
+    same prompt again served from the radix cache (a cached prefix longer than the window)."""
+    from conftest import make_model_with_tokenizer
+    from scheduler_utils import make_scheduler, run_to_completion, submit
+    from test_new_architectures import GEMMA3
+    from transformers import AutoModelForCausalLM
+
+    path = make_model_with_tokenizer(str(tmp_path), "gemma3", seed=4, **{**GEMMA3, "sliding_window": 8})
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    prompt = list(range(40, 85))  # 45 tokens: three chunks, far past the window
+    expected = list(prompt)
+    for _ in range(10):
+        expected.append(int(hf_logits(hf, expected)[-1].argmax()))
+    sp = {"max_new_tokens": 10, "temperature": 0, "ignore_eos": True}
+    sched = make_scheduler(path, chunked_prefill_size=16, max_total_tokens=2048)
+    submit(sched, "a", prompt, sp)
+    first = run_to_completion(sched)["a"]
+    assert first.output_ids == expected[len(prompt):]
+    submit(sched, "b", prompt + first.output_ids[:3], sp)
+    again = run_to_completion(sched)["b"]
+    assert again.cached_tokens >= len(prompt)
+    assert again.output_ids[:7] == expected[len(prompt) + 3:]
