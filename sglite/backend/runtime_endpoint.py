@@ -6,6 +6,7 @@ import logging
 from typing import Any, Iterator, Optional, Union
 
 from sglite.backend.base import BaseBackend
+from sglite.backend.program_routing import ProgramRouting
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class RuntimeEndpoint(BaseBackend):
             self._session.headers["Authorization"] = f"Bearer {api_key}"
         if verify is not None:
             self._session.verify = verify
+        self._programs = ProgramRouting(self)  # /run_program here, or on a replica behind a router
         self.get_model_info()
 
     @property
@@ -67,9 +69,9 @@ class RuntimeEndpoint(BaseBackend):
         return self.base_url
 
     # -- plumbing -----------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, base_url: Optional[str] = None, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self.timeout)
-        return self._session.request(method, self.base_url + path, **kwargs)
+        return self._session.request(method, (base_url or self.base_url) + path, **kwargs)
 
     def _checked(self, resp: Any) -> Any:
         if resp.status_code != 200:
@@ -111,16 +113,23 @@ class RuntimeEndpoint(BaseBackend):
                     stream: bool = False) -> Any:
         """``POST /run_program``: one graph (``{"events": [...]}``, or an event iterator
         with ``stream``) or a list of graphs (a list of results, in order)."""
+        ok, why = self._programs.support()
+        if not ok:
+            raise RuntimeError(why)
         if isinstance(graph, list):
-            body = {"graphs": graph, "sampling_params": sampling_params}
-            return self._checked(self._request("POST", "/run_program", json=body)).json()["results"]
+            return self._programs.run_batch(graph, sampling_params)
+        url = self._programs.base_url_for(graph)
         body = {"graph": graph, "sampling_params": sampling_params, "stream": stream}
         if not stream:
-            return self._checked(self._request("POST", "/run_program", json=body)).json()
-        return self._program_events(body)
+            return self._checked(self._request("POST", "/run_program", json=body, base_url=url)).json()
+        return self._program_events(body, url)
 
-    def _program_events(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        resp = self._checked(self._request("POST", "/run_program", json=body, stream=True))
+    def program_support(self) -> tuple[bool, str]:
+        """Whether compiled programs can run here (directly or behind a router), and why not."""
+        return self._programs.support()
+
+    def _program_events(self, body: dict[str, Any], url: Optional[str] = None) -> Iterator[dict[str, Any]]:
+        resp = self._checked(self._request("POST", "/run_program", json=body, stream=True, base_url=url))
         try:
             for raw in resp.iter_lines(decode_unicode=False):
                 line = raw.decode("utf-8") if raw else ""

@@ -36,7 +36,15 @@ def _rebuild_error(ev: dict[str, Any]) -> BaseException:
 
 
 def supports_programs(backend: Any) -> bool:
-    return callable(getattr(backend, "run_program", None))
+    return program_support(backend)[0]
+
+
+def program_support(backend: Any) -> tuple[bool, str]:
+    """``(True, "")`` when ``backend`` runs graphs, else ``(False, why)`` (a server may not)."""
+    if not callable(getattr(backend, "run_program", None)):
+        return False, f"the backend {type(backend).__name__} cannot run compiled programs"
+    probe = getattr(backend, "program_support", None)
+    return probe() if callable(probe) else (True, "")
 
 
 class CompiledProgramState:
@@ -222,8 +230,9 @@ class CompiledProgram:
         return self.run_with(resolve_backend(backend), SglSamplingParams(**sampling), stream)
 
     def run_with(self, backend: Any, defaults: SglSamplingParams, stream: bool = False) -> CompiledProgramState:
-        if not supports_programs(backend):
-            raise NotCompilable(f"the backend {type(backend).__name__} cannot run compiled programs")
+        ok, why = program_support(backend)
+        if not ok:
+            raise NotCompilable(why)
         state = CompiledProgramState(self.graph, stream)
         threading.Thread(target=_drive, args=(state, backend, self.graph.to_dict(), defaults.to_dict(), stream),
                          name="sglite-compiled", daemon=True).start()
@@ -251,8 +260,9 @@ def run_maybe_compiled(func: Any, call_kwargs: dict[str, Any], defaults: SglSamp
         raise ValueError(f"compile must be True, False or 'auto', got {mode!r}")
     backend = resolve_backend(backend)
     try:
-        if not supports_programs(backend):
-            raise NotCompilable(f"the backend {type(backend).__name__} cannot run compiled programs")
+        ok, why = program_support(backend)
+        if not ok:
+            raise NotCompilable(why)
         program = compile_function(func, call_kwargs)
     except NotCompilable as e:
         if mode is True:
@@ -278,8 +288,9 @@ def run_batch_maybe_compiled(func: Any, batch: list[dict[str, Any]], defaults: S
     graphs: list[tuple[int, ProgramGraph]] = []
     for i, kwargs in enumerate(batch):
         try:
-            if not supports_programs(backend):
-                raise NotCompilable(f"the backend {type(backend).__name__} cannot run compiled programs")
+            ok, why = program_support(backend)
+            if not ok:
+                raise NotCompilable(why)
             graphs.append((i, compile_function(func, kwargs).graph))
         except NotCompilable as e:
             if mode is True:

@@ -86,11 +86,12 @@ def run_program_batch(func: Callable[..., Any], backend: Any, batch_kwargs: list
         return []
     backend = resolve_backend(backend)
     workers = _num_threads(num_threads, len(batch_kwargs))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sglite-batch") as pool:
-        futures = [
-            pool.submit(run_program, func, backend, (), kw, default_sampling_params, False, True)
-            for kw in batch_kwargs
-        ]
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sglite-batch")
+    futures = [
+        pool.submit(run_program, func, backend, (), kw, default_sampling_params, False, True)
+        for kw in batch_kwargs
+    ]
+    try:
         if progress_bar:
             from concurrent.futures import as_completed
 
@@ -100,7 +101,13 @@ def run_program_batch(func: Callable[..., Any], backend: Any, batch_kwargs: list
                 bar.update(1)
             if bar is not progress_bar:
                 bar.close()
-        return [f.result() for f in futures]
+        results = [f.result() for f in futures]
+    except BaseException:
+        # Ctrl-C (or an error): return now; programs that have not started never will.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results
 
 
 def new_progress_bar(total: int) -> Any:
@@ -137,6 +144,6 @@ def cache_program(program: Any, backend: Any) -> None:
         logger.info("cache_program: %s is not traceable (%s); nothing cached", program, e)
         return
     backend = resolve_backend(backend)
-    prefix = rendered_static_prefix(graph, backend.chat_template)
+    prefix = rendered_static_prefix(graph.streams[0].nodes, backend.chat_template)
     if prefix:
         backend.commit_prefix(prefix)

@@ -87,12 +87,12 @@ def static_prefix(graph: ProgramGraph) -> str:
     return "".join(out)
 
 
-def rendered_static_prefix(graph: ProgramGraph, chat_template: Any) -> str:
-    """The root's leading constant text as the runtime will see it (roles rendered with
-    ``chat_template``): what to pre-cache, and what a cache-aware router places by."""
+def rendered_static_prefix(root_nodes: list[dict[str, Any]], chat_template: Any) -> str:
+    """The root stream's leading constant text as the runtime will see it (roles rendered
+    with ``chat_template``): what to pre-cache, and what a cache-aware router places by."""
     out: list[str] = []
     history: list[str] = []
-    for n in graph.streams[0].nodes:
+    for n in root_nodes:
         if n["op"] == "fill":
             out.append(n["text"])
         elif n["op"] == "role_begin":

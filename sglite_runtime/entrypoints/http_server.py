@@ -76,9 +76,9 @@ def create_app(server_args: ServerArgs, procs: Any = None) -> FastAPI:
     from sglite_runtime.entrypoints.openai_api import add_openai_routes
 
     add_openai_routes(app, state)
-    from sglite_runtime.entrypoints.program_api import program_router
+    from sglite_runtime.entrypoints.program_api import install_program_routes
 
-    app.include_router(program_router)
+    install_program_routes(app)
     app.add_middleware(GuardMiddleware, state=state, api_key=server_args.api_key)
     return app
 

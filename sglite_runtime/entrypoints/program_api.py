@@ -9,11 +9,17 @@ program, or ``{"graphs": [...], "sampling_params": {...}}`` for a batch.
 
 A malformed or oversized graph is a 400 ``{"error": {"message": ...}}`` before
 anything runs; a client that disconnects cancels the program and its requests.
+
+Behind sglang-router (which forwards only /generate and /v1): every response carries
+``X-Sglite-Worker-Id`` and ``GET /program_info`` returns that id, so a client can send a
+prefill of the program's prefix through the router (its cache-aware placement), read
+which replica took it, and post the graph to that replica (sglite/backend/program_routing.py).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -26,8 +32,42 @@ logger = logging.getLogger(__name__)
 
 PATH = "/run_program"
 MAX_BATCH = 4096
+WORKER_ID_HEADER = "x-sglite-worker-id"
 
 program_router = APIRouter()
+
+
+class WorkerIdMiddleware:
+    """Adds ``X-Sglite-Worker-Id`` to every HTTP response (a pure ASGI middleware: no buffering)."""
+
+    def __init__(self, app: Any, worker_id: str) -> None:
+        self.app = app
+        self.header = (WORKER_ID_HEADER.encode(), worker_id.encode())
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message, headers=list(message.get("headers", [])) + [self.header])
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def install_program_routes(app: Any) -> None:
+    """``/run_program``, ``/program_info`` and the worker-id header on ``app``."""
+    app.state.worker_id = uuid.uuid4().hex
+    app.include_router(program_router)
+    app.add_middleware(WorkerIdMiddleware, worker_id=app.state.worker_id)
+
+
+@program_router.get("/program_info")
+async def program_info(request: Request) -> Response:
+    """What a client needs to send compiled programs here (directly or past a router)."""
+    return json_response({"run_program": PATH, "worker_id": request.app.state.worker_id,
+                          "max_batch": MAX_BATCH})
 
 
 def _executor(request: Request) -> ProgramExecutor:

@@ -109,3 +109,29 @@ def test_cache_prefills_the_static_prefix(backend, model):
     f.cache()
     assert model.requests[-1]["text"] == "A long shared instruction. " * 3
     assert model.requests[-1]["sampling_params"]["max_new_tokens"] == 0
+
+
+def test_compile_auto_falls_back_with_a_warning_on_a_server_without_programs(caplog):
+    """An SGLang server (no /run_program, no /program_info): "auto" interprets and says why."""
+    from fake_runtime import FakeHTTPServer
+    from sglite.lang.tracer import NotCompilable
+
+    server = FakeHTTPServer(FakeModel())
+    try:
+        backend = sgl.RuntimeEndpoint(server.url)
+
+        @sgl.function
+        def f(s):
+            s += "Q:" + sgl.gen("a", max_tokens=2)
+
+        with caplog.at_level("WARNING", logger="sglite.lang.compiler"):
+            state = f.run(backend=backend, compile="auto")
+        assert state["a"] == " lorem ipsum"
+        assert any("cannot run compiled programs" in r.getMessage() and "/program_info" in r.getMessage()
+                   for r in caplog.records if r.levelname == "WARNING")
+        with pytest.raises(NotCompilable, match="cannot run compiled programs"):
+            f.run(backend=backend, compile=True)
+        states = f.run_batch([{}, {}], backend=backend, compile="auto")
+        assert [s["a"] for s in states] == [" lorem ipsum"] * 2
+    finally:
+        server.close()
