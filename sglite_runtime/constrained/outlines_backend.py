@@ -125,7 +125,7 @@ class CompiledIndex:
         self.max_distance: int = max(self.distances.values(), default=0)
         # state -> (non-stop allowed ids, the distance after each), sorted by distance.
         self._successors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._budget_rows: dict[tuple[int, int], tuple[np.ndarray, tuple[int, ...]] | None] = {}
+        self._budget_rows: dict[tuple[int, int], tuple[np.ndarray, tuple[int, ...], bool] | None] = {}
 
     # -- token budget ------------------------------------------------------------------
     def distance(self, state: int) -> int:
@@ -144,9 +144,9 @@ class CompiledIndex:
             self._successors[state] = got
         return got
 
-    def budget_limited(self, state: int, limit: int) -> tuple[np.ndarray, tuple[int, ...]] | None:
-        """(mask row, allowed ids) of ``state`` when every non-stop token must leave at most
-        ``limit`` tokens to acceptance; None when the limit removes nothing."""
+    def budget_limited(self, state: int, limit: int) -> tuple[np.ndarray, tuple[int, ...], bool] | None:
+        """(mask row, allowed ids, only stop ids?) of ``state`` when every non-stop token must
+        leave at most ``limit`` tokens to acceptance; None when the limit removes nothing."""
         if limit >= self.max_distance:
             return None  # every reachable state is close enough
         key = (state, limit)
@@ -165,7 +165,8 @@ class CompiledIndex:
             if self.index.is_final_state(state):
                 ids.extend(self.stop_ids)
             ids = ids or list(self.stop_ids)
-            got = (pack_token_ids_np(ids, self.vocab_size), tuple(ids))
+            only_stop = all(t in self._stop_set for t in ids)
+            got = (pack_token_ids_np(ids, self.vocab_size), tuple(ids), only_stop)
         self._budget_rows[key] = got
         return got
 
@@ -256,15 +257,14 @@ class OutlinesGrammar(BaseGrammar):
     def min_tokens_to_accept(self) -> int:
         return 0 if self._terminated else self.compiled.distance(self.guide.get_state())
 
-    def _limited(self) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    def _limited(self) -> tuple[np.ndarray, tuple[int, ...], bool] | None:
         """The budget-limited row/ids of the current state, or None when unrestricted."""
         if self._budget is None:
             return None
         remaining = self._budget - len(self._history)
         state = self.guide.get_state()
         if remaining <= 0:
-            row = self.compiled.stop_row
-            return row, tuple(self.compiled.stop_ids)
+            return self.compiled.stop_row, tuple(self.compiled.stop_ids), True
         return self.compiled.budget_limited(state, remaining - 1)
 
     @property
@@ -347,9 +347,16 @@ class OutlinesGrammar(BaseGrammar):
         if self._terminated:
             return True
         state = self.guide.get_state()
-        if self._budget is not None and len(self._history) >= self._budget:
-            # Out of tokens: a complete match ends here as a "stop", not a truncation.
-            return self.compiled.index.is_final_state(state)
+        if self._budget is not None:
+            remaining = self._budget - len(self._history)
+            if remaining <= 0:
+                # Out of tokens: a complete match ends here as a "stop", not a truncation.
+                return self.compiled.index.is_final_state(state)
+            limited = self.compiled.budget_limited(state, remaining - 1)
+            if limited is not None and limited[2]:
+                # Only a stop token fits the budget: end now (a sampler that masks EOS, e.g.
+                # for min_new_tokens, would otherwise face a row with nothing allowed).
+                return self.compiled.index.is_final_state(state)
         return self.compiled.only_stop(state)
 
     def is_accepting(self) -> bool:

@@ -108,3 +108,15 @@ def test_forced_string_is_cut_to_the_budget(backend):
     assert within_budget(grammar, spelled) == []
     grammar.set_token_budget(None)
     assert within_budget(grammar, spelled) == spelled
+
+
+def test_terminates_when_only_a_stop_fits(backend):
+    # After "a" the match is complete and twelve digits do not fit in one token: the grammar ends
+    # itself, rather than leave a stop-only row that a sampler masking EOS (min_new_tokens)
+    # would turn into a row with nothing allowed.
+    grammar = backend.new_grammar(backend.compile(("regex", r"a([0-9]{12})?")))
+    grammar.set_token_budget(2)
+    assert grammar.accept_token(backend.single_byte_token[ord("a")])
+    assert grammar.is_terminated() and grammar.is_accepting()
+    unlimited = backend.new_grammar(grammar.compiled)
+    assert unlimited.accept_token(backend.single_byte_token[ord("a")]) and not unlimited.is_terminated()
