@@ -20,7 +20,15 @@ import outlines_core
 import torch
 
 from sglite_runtime.constrained.base import MASK_BITS, BaseGrammar, BaseGrammarBackend, GrammarKey
-from sglite_runtime.constrained.compile_worker import UNREACHABLE, build_outlines_index, token_distances
+from sglite_runtime.constrained.compile_worker import build_outlines_index, token_distances
+from sglite_runtime.constrained.masks import (  # noqa: F401  (re-exported: other backends import them here)
+    _MaskView,
+    mask_array,
+    num_mask_words,
+    pack_token_ids,
+    pack_token_ids_np,
+    write_row,
+)
 from sglite_runtime.constrained.specs import (
     DEFAULT_JSON_OBJECT_DEPTH,
     DEFAULT_WHITESPACE,
@@ -28,6 +36,7 @@ from sglite_runtime.constrained.specs import (
     spec_to_regex,
     validate_spec,
 )
+from sglite_runtime.constrained.token_budget import BudgetTables
 from sglite_runtime.constrained.vocabulary import build_vocabulary, resolve_eos_token_ids
 
 logger = logging.getLogger(__name__)
@@ -39,56 +48,7 @@ TERMINATED = -1
 DEFAULT_MAX_ROLLBACK = 200
 
 
-def num_mask_words(vocab_size: int) -> int:
-    return (vocab_size + MASK_BITS - 1) // MASK_BITS
-
-
-def pack_token_ids_np(token_ids: list[int] | np.ndarray, vocab_size: int) -> np.ndarray:
-    """int32 bitmask row ``[ceil(V/32)]`` (numpy) with the bits of ``token_ids`` (< V) set."""
-    words = num_mask_words(vocab_size)
-    bits = np.zeros(words * MASK_BITS, dtype=np.uint8)
-    ids = np.asarray(token_ids, dtype=np.int64)
-    bits[ids[(ids >= 0) & (ids < vocab_size)]] = 1
-    # Little bit order: bit j of byte k is token 8k+j; 4 little-endian bytes form one word.
-    packed = np.packbits(bits, bitorder="little").view("<i4")
-    return np.ascontiguousarray(packed.astype(np.int32, copy=True))
-
-
-def pack_token_ids(token_ids: list[int] | np.ndarray, vocab_size: int) -> torch.Tensor:
-    """int32 bitmask row ``[ceil(V/32)]`` (torch) with the bits of ``token_ids`` (< V) set."""
-    return torch.from_numpy(pack_token_ids_np(token_ids, vocab_size))
-
-
-class _MaskView:
-    """numpy view of the most recent CPU mask tensor.
-
-    A numpy row assignment costs ~0.4 us where ``mask[idx].copy_(row)`` costs ~5 us, and the
-    scheduler fills every constrained row of the same mask each step.  Only the last mask is
-    remembered (the view keeps it alive until the next one arrives)."""
-
-    tensor: torch.Tensor | None = None
-    array: np.ndarray | None = None
-
-
-def mask_array(vocab_mask: torch.Tensor) -> np.ndarray | None:
-    """numpy view of a contiguous CPU int32 mask (None for a device mask)."""
-    if vocab_mask is not _MaskView.tensor:
-        if vocab_mask.device.type != "cpu" or vocab_mask.dtype != torch.int32 or not vocab_mask.is_contiguous():
-            return None
-        _MaskView.tensor, _MaskView.array = vocab_mask, vocab_mask.numpy()
-    return _MaskView.array
-
-
-def write_row(vocab_mask: torch.Tensor, idx: int, row: np.ndarray) -> None:
-    """``vocab_mask[idx] = row`` for a packed int32 row."""
-    view = mask_array(vocab_mask)
-    if view is None:
-        vocab_mask[idx].copy_(torch.from_numpy(row), non_blocking=True)
-    else:
-        view[idx] = row
-
-
-class CompiledIndex:
+class CompiledIndex(BudgetTables):
     """An outlines Index plus per-state caches (mask rows, stop-only flags, jump-forward).
 
     Shared across requests; caches are filled from the scheduler thread only, and a dict
@@ -126,49 +86,6 @@ class CompiledIndex:
         # state -> (non-stop allowed ids, the distance after each), sorted by distance.
         self._successors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._budget_rows: dict[tuple[int, int], tuple[np.ndarray, tuple[int, ...], bool] | None] = {}
-
-    # -- token budget ------------------------------------------------------------------
-    def distance(self, state: int) -> int:
-        """Fewest tokens from ``state`` to acceptance (UNREACHABLE if none)."""
-        return self.distances.get(state, UNREACHABLE)
-
-    def successors(self, state: int) -> tuple[np.ndarray, np.ndarray]:
-        got = self._successors.get(state)
-        if got is None:
-            index, dist = self.index, self.distances
-            toks = [t for t in index.get_allowed_tokens(state) if t not in self._stop_set]
-            after = np.fromiter((dist.get(index.get_next_state(state, t), UNREACHABLE) for t in toks),
-                                dtype=np.int64, count=len(toks))
-            order = np.argsort(after, kind="stable")
-            got = (np.asarray(toks, dtype=np.int64)[order], after[order])
-            self._successors[state] = got
-        return got
-
-    def budget_limited(self, state: int, limit: int) -> tuple[np.ndarray, tuple[int, ...], bool] | None:
-        """(mask row, allowed ids, only stop ids?) of ``state`` when every non-stop token must
-        leave at most ``limit`` tokens to acceptance; None when the limit removes nothing."""
-        if limit >= self.max_distance:
-            return None  # every reachable state is close enough
-        key = (state, limit)
-        if key in self._budget_rows:
-            return self._budget_rows[key]
-        toks, after = self.successors(state)
-        n = int(np.searchsorted(after, limit, side="right"))
-        if n == len(toks):
-            got = None
-        else:
-            if n == 0 and not self.index.is_final_state(state) and len(toks):
-                # Only when the budget was already broken (e.g. a budget set too late):
-                # the closest tokens still make the best progress.
-                n = int(np.searchsorted(after, after[0], side="right"))
-            ids = [int(t) for t in toks[:n]]
-            if self.index.is_final_state(state):
-                ids.extend(self.stop_ids)
-            ids = ids or list(self.stop_ids)
-            only_stop = all(t in self._stop_set for t in ids)
-            got = (pack_token_ids_np(ids, self.vocab_size), tuple(ids), only_stop)
-        self._budget_rows[key] = got
-        return got
 
     def allowed(self, state: int) -> tuple[int, ...]:
         """Allowed token ids at ``state``: the Index's, with every stop id when accepting."""
