@@ -69,3 +69,28 @@ def test_bad_regex_is_a_value_error_at_build_time(capsys):
 
     with pytest.raises(ValueError, match=r"invalid regex '\(ab'"):
         bad.run(backend=FakeBackend(FakeModel()))
+
+
+def test_ctrl_c_in_run_batch_returns_and_cancels_the_rest():
+    import _thread
+    import threading
+    import time
+
+    model = FakeModel()
+    model.stream_delay = 0.0
+    backend = FakeBackend(model)
+    started = []
+
+    @sglite.function
+    def slow(s, i):
+        started.append(i)
+        time.sleep(0.3)
+        s += "x" + sglite.gen("a", max_tokens=2)
+
+    threading.Timer(0.2, _thread.interrupt_main).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        slow.run_batch([{"i": i} for i in range(40)], backend=backend, num_threads=2)
+    assert time.monotonic() - t0 < 1.0  # not 40 x 0.3 s / 2 threads
+    time.sleep(0.8)
+    assert len(started) <= 6  # the queued programs were cancelled
