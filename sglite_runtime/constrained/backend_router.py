@@ -16,6 +16,7 @@ from typing import Any
 
 from sglite_runtime.constrained.base import BaseGrammar, BaseGrammarBackend, GrammarKey
 from sglite_runtime.constrained.outlines_backend import OutlinesGrammarBackend
+from sglite_runtime.constrained.reasoning_grammar import ThinkFirstGrammar, ThinkVocab
 from sglite_runtime.constrained.specs import validate_spec
 from sglite_runtime.constrained.xgrammar_backend import XGrammarBackend, check_ebnf
 
@@ -42,10 +43,19 @@ class RoutedGrammarBackend(BaseGrammarBackend):
         if name not in GRAMMAR_BACKENDS:
             raise ValueError(f"grammar_backend must be one of {GRAMMAR_BACKENDS}, got {name!r}")
         self.name = name
+        self.tokenizer = tokenizer
+        self._think_vocab: ThinkVocab | None = None
         self.cfg = XGrammarBackend(tokenizer, vocab_size=vocab_size, eos_token_ids=eos_token_ids)
         ws = {} if whitespace_pattern is None else {"whitespace_pattern": whitespace_pattern}
         self.outlines = (OutlinesGrammarBackend(tokenizer, vocab_size=vocab_size, eos_token_ids=eos_token_ids, **ws)
                          if name == "outlines" else None)
+
+    def think_first(self, grammar: BaseGrammar) -> ThinkFirstGrammar:
+        """``grammar`` applied after the ``<think>...</think>`` part (``require_reasoning``)."""
+        if self._think_vocab is None:
+            marker = self.tokenizer.encode("</think>", add_special_tokens=False)
+            self._think_vocab = ThinkVocab(self.cfg.token_bytes, self.cfg.stop_ids, self.cfg.vocab_size, list(marker))
+        return ThinkFirstGrammar(grammar, self._think_vocab)
 
     def engine_for(self, kind: str) -> BaseGrammarBackend:
         if self.outlines is None or kind in CFG_KINDS:

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 #: Any JSON object, values nested to any depth; whitespace is at most one space between
 #: tokens (bounded, so a weak model cannot loop on whitespace), as ``json.dumps`` writes it.
+#: Strings are right-recursive with a lookahead, as in xgrammar's built-in JSON grammar: with
+#: ``char*`` instead, every token inside a string is context-dependent and a mask costs
+#: milliseconds (measured 1.8 ms p50 vs 7 us on the shipped vocabulary).
 JSON_OBJECT_EBNF = r"""root ::= object
 value ::= object | array | string | number | "true" | "false" | "null"
 object ::= "{" ws "}" | "{" ws member (ws "," ws member)* ws "}"
 member ::= string ws ":" ws value
 array ::= "[" ws "]" | "[" ws value (ws "," ws value)* ws "]"
-string ::= "\"" char* "\""
-char ::= [^"\\\x00-\x1f\x7f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
+string ::= "\"" string_sub
+string_sub ::= ("\"" | [^"\\\x00-\x1f] string_sub | "\\" escape string_sub) (=[ ]? [,}\]:])
+escape ::= ["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F]
 number ::= "-"? ("0" | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [+-]? [0-9]+)?
 ws ::= [ ]?
 """

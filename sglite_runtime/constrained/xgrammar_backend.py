@@ -238,7 +238,9 @@ class XGrammarBackend(BaseGrammarBackend):
                 compiled = self.compiler.compile_grammar(JSON_OBJECT_EBNF)
             elif kind == "json":
                 schema = parse_schema(spec)
-                compiled = self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
+                # At most one whitespace character between tokens: bounded, like outlines' "[ ]?".
+                compiled = self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=True,
+                                                             max_whitespace_cnt=1)
             elif kind == "choices":
                 compiled = self.compiler.compile_regex(choices_regex(json.loads(spec) if isinstance(spec, str) else spec))
             elif kind == "regex":

@@ -203,7 +203,11 @@ async def chat_completion(tm: Any, req: ChatCompletionRequest, request: Request)
     prompt = render_chat(tm, req.messages, tools=tools, template_kwargs=req.chat_template_kwargs)
     reasoning = _reasoning_parser(tm, req)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    obj = GenerateReqInput(text=prompt, sampling_params=_sampling(req, max_tokens, schema), rid=req.rid,
+    sampling = _sampling(req, max_tokens, schema)
+    thinking = (req.chat_template_kwargs or {}).get("enable_thinking", True) is not False
+    if reasoning and thinking and any(k in sampling for k in ("regex", "json_schema", "choices", "ebnf")):
+        sampling["require_reasoning"] = True  # the constraint starts after </think>
+    obj = GenerateReqInput(text=prompt, sampling_params=sampling, rid=req.rid,
                            return_logprob=req.logprobs, top_logprobs_num=top or 0,
                            return_text_in_logprobs=True, stream=req.stream)
     n = req.n

@@ -132,6 +132,8 @@ class GrammarManager:
             msg = getattr(grammar, "error", None) or "grammar compilation failed"
             self.scheduler.reject_req(req, f"Invalid grammar: {msg}")
             return False
+        if getattr(req.sampling_params, "require_reasoning", False):
+            grammar = self.backend.think_first(grammar)  # free <think>...</think>, then the grammar
         error = apply_token_budget(grammar, req.sampling_params.max_new_tokens)
         if error is not None:
             self.scheduler.reject_req(req, error)

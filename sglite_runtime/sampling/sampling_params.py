@@ -54,6 +54,9 @@ class SamplingParams:
     choices: list[str] | None = None
     # A context-free grammar in SGLang's EBNF syntax (``root ::= ...``), compiled by xgrammar.
     ebnf: str | None = None
+    # The constraint applies after "</think>": the thinking before it is free (set by the
+    # chat route when a reasoning parser is on; SGLang's request field of the same name).
+    require_reasoning: bool = False
     stop_regex: str | list[str] | None = None
     # OpenAI style: token id (as a string or int) -> additive bias on the logit.
     logit_bias: dict[str, float] | None = None
@@ -124,7 +127,7 @@ class SamplingParams:
         if self.seed is not None and not _INT64_MIN <= self.seed <= _UINT64_MAX:
             raise ValueError(f"seed must be in [-2^63, 2^64), got {_show(self.seed)}.")
         for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens",
-                     "no_stop_trim"):
+                     "no_stop_trim", "require_reasoning"):
             v = getattr(self, name)
             if not isinstance(v, bool):
                 raise ValueError(f"{name} must be a boolean, got {_show(v)}.")

@@ -2,11 +2,13 @@
 ``separate_reasoning``, ``--reasoning-parser``, and ``chat_template_kwargs`` reaching the template.
 
 The tiny model does not think by itself, so the SGLang ``regex`` extra makes it write a
-thinking block; the expected split is known exactly.
+thinking block; the expected split is known exactly.  With a constraint and thinking on, the
+constraint applies to the answer only (after ``</think>``).
 """
 
 from __future__ import annotations
 
+import json
 import types
 
 import openai
@@ -57,7 +59,9 @@ def test_reasoning_content_over_http(client, model):
     # A server without --reasoning-parser: the content is the whole text unless asked.
     r = client.chat.completions.create(**kw)
     assert r.choices[0].message.content == OUTPUT
-    kw["extra_body"] = {"regex": REGEX, "separate_reasoning": True}
+    # enable_thinking=False keeps the regex on the whole output (with thinking on, a constraint
+    # starts after </think>: test_grammar_applies_after_thinking), so the think block is known.
+    kw["extra_body"] = {"regex": REGEX, "separate_reasoning": True, "chat_template_kwargs": {"enable_thinking": False}}
     r = client.chat.completions.create(**kw)
     msg = r.choices[0].message
     assert (msg.reasoning_content, msg.content) == (THOUGHT, ANSWER)
@@ -67,6 +71,25 @@ def test_reasoning_content_over_http(client, model):
             reasoning += getattr(choice.delta, "reasoning_content", None) or ""
             content += choice.delta.content or ""
     assert (reasoning.strip(), content) == (THOUGHT, ANSWER)
+
+
+def test_grammar_applies_after_thinking(client, model):
+    """With a reasoning parser, the constraint starts after </think>: the thinking is free, the
+    answer validates, and both fit in max_tokens (the marker is forced in time)."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["n"], "additionalProperties": False}
+    for max_tokens in (16, 24, 40):
+        r = client.chat.completions.create(
+            model=model, messages=MSGS, max_tokens=max_tokens, temperature=1.0, seed=max_tokens,
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+            extra_body={"separate_reasoning": True})
+        msg = r.choices[0].message
+        assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens <= max_tokens
+        assert msg.reasoning_content and 0 <= json.loads(msg.content)["n"] <= 9, msg
+    r = client.chat.completions.create(  # thinking off in the template: the grammar starts at once
+        model=model, messages=MSGS, max_tokens=16, temperature=0, response_format={"type": "json_object"},
+        extra_body={"separate_reasoning": True, "chat_template_kwargs": {"enable_thinking": False}})
+    assert r.choices[0].message.reasoning_content is None and json.loads(r.choices[0].message.content) is not None
 
 
 def test_parser_choice_and_template_kwargs(model_path):

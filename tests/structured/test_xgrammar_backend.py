@@ -126,3 +126,31 @@ def test_xgrammar_backend_for_every_kind(tok):
                 assert check(text), text
     with pytest.raises(ValueError):
         RoutedGrammarBackend("llguidance", tok)
+
+
+@pytest.mark.parametrize("kind", ["json", "json_object"])
+def test_think_first_grammar(router, tok, kind):
+    """require_reasoning: free thinking, then the grammar; within budget, with rollbacks."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["a"]}
+    compiled = router.compile((kind, json.dumps(schema) if kind == "json" else ""))
+    rng = random.Random(3)
+    for budget in (12, 20, 40):
+        for _ in range(4):
+            g = router.think_first(router.new_grammar(compiled))
+            g.set_token_budget(budget)
+            assert g.min_tokens_to_accept() <= budget
+            ids: list[int] = []
+            while not g.is_terminated():
+                t = rng.choice(g.allowed_token_ids())
+                assert t not in router.cfg.stop_ids or g.done_thinking  # no stop while thinking
+                assert g.accept_token(t)
+                ids.append(t)
+                if rng.random() < 0.1:
+                    g.rollback(1)
+                    ids.pop()
+            assert len(ids) <= budget
+            text = tok.decode([t for t in ids if t != tok.eos_token_id])
+            thinking, answer = text.split("</think>", 1)
+            assert "</think>" not in answer
+            value = json.loads(answer)
+            assert kind == "json_object" or value["a"] in range(10)
