@@ -112,6 +112,21 @@ def make_tiny_model(
     return path, model
 
 
+def make_tiny_model_with_tokenizer(tmp_path: str | os.PathLike, arch: str = "llama", seed: int = 0, **overrides: Any):
+    """``make_tiny_model`` with the shipped model's tokenizer (vocabulary 4096) beside it, so
+    the scheduler, the Engine and the server can load it; returns ``(path, hf_model)``."""
+    import shutil
+
+    from sglite_runtime.server_args import SHIPPED_MODEL_PATH
+
+    overrides.setdefault("vocab_size", 4096)
+    overrides.setdefault("max_position_embeddings", 1024)
+    path, hf = make_tiny_model(tmp_path, arch, seed=seed, **overrides)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(os.path.join(SHIPPED_MODEL_PATH, name), os.path.join(path, name))
+    return path, hf
+
+
 @torch.no_grad()
 def hf_logits(hf_model, tokens: list[int]) -> torch.Tensor:
     """HF's float32 logits ``[len(tokens), vocab]`` for one sequence on its own."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sglite
-from model_utils import hf_logits, make_tiny_model, run_sglite_forward
+from model_utils import hf_logits, make_tiny_model, make_tiny_model_with_tokenizer, run_sglite_forward
 from sglite_runtime.models.loader import load_model
 from sglite_runtime.server_args import ServerArgs
 from sglite_runtime.utils import hf_utils
@@ -43,10 +43,7 @@ def hub_cache(tmp_path_factory, tiny_llama_path):
     main = _add_snapshot(cache, REPO, MAIN_SHA, tiny_llama_path, ("main",))
     with open(os.path.join(main, "generation_config.json"), "w") as f:
         json.dump(GEN_CFG, f)
-    other = str(tmp_path_factory.mktemp("v1"))
-    from conftest import make_model_with_tokenizer
-
-    make_model_with_tokenizer(other, "llama", seed=5)
+    other, _ = make_tiny_model_with_tokenizer(tmp_path_factory.mktemp("v1"), "llama", seed=5, std=0.08)
     _add_snapshot(cache, REPO, V1_SHA, other, ("v1",))
     return cache
 

@@ -34,7 +34,9 @@ def models(tmp_path_factory):
         if name not in cache:
             arch, overrides = CASES[name]
             path, hf = make_tiny_model(tmp_path_factory.mktemp(name), arch, seed=21, **overrides)
-            cache[name] = (hf, load_model(path)[0])
+            # Triton runs natively on a GPU (interpreted on the CPU otherwise).
+            on_gpu = load_model(path, device="cuda")[0] if torch.cuda.is_available() else None
+            cache[name] = (hf, load_model(path)[0], on_gpu)
         return cache[name]
 
     return get
@@ -60,11 +62,13 @@ def _chunks(runner: TinyRunner, row: int, seq: list[int], sizes: list[int]) -> t
 @pytest.mark.parametrize("backend", ["torch_native", "triton"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_sliding_window_matches_hf(models, case, backend):
-    hf, model = models(case)
-    ref = hf_logits(hf, SEQ)
+    hf, model, gpu_model = models(case)
+    if backend == "triton" and gpu_model is not None:
+        model = gpu_model
+    ref = hf_logits(hf, SEQ).to(next(model.parameters()).device)
     # The window matters: the same weights with a window longer than the sequence differ.
     hf.config.sliding_window = 10**6
-    full = hf_logits(hf, SEQ)
+    full = hf_logits(hf, SEQ).to(ref.device)
     hf.config.sliding_window = WINDOW
     assert (full - ref).abs().max() > 1e-2
 
@@ -86,7 +90,7 @@ def test_sliding_window_matches_hf(models, case, backend):
 
 def test_batched_decode_mixed_lengths_with_window(models):
     """Requests shorter and longer than the window in one decode batch (torch-native groups)."""
-    hf, model = models("mistral")
+    hf, model, _ = models("mistral")
     seqs = [SEQ[:3], SEQ[:25], SEQ[5:17]]
     refs = [hf_logits(hf, s + [7]) for s in seqs]
     runner = TinyRunner(model)
@@ -100,13 +104,11 @@ def test_batched_decode_mixed_lengths_with_window(models):
 def test_scheduler_gemma3_chunked_prefill_and_radix_reuse_match_hf(tmp_path):
     """Through the scheduler: a Gemma 3 model (window 8) with 16-token prefill chunks, then the
     same prompt again served from the radix cache (a cached prefix longer than the window)."""
-    from conftest import make_model_with_tokenizer
+    from model_utils import make_tiny_model_with_tokenizer
     from scheduler_utils import make_scheduler, run_to_completion, submit
     from test_new_architectures import GEMMA3
-    from transformers import AutoModelForCausalLM
 
-    path = make_model_with_tokenizer(str(tmp_path), "gemma3", seed=4, **{**GEMMA3, "sliding_window": 8})
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    path, hf = make_tiny_model_with_tokenizer(tmp_path, "gemma3", seed=4, **{**GEMMA3, "sliding_window": 8})
     prompt = list(range(40, 85))  # 45 tokens: three chunks, far past the window
     expected = list(prompt)
     for _ in range(10):
