@@ -151,3 +151,16 @@ def test_unsupported_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unsupported rope_type 'su'"):
         get_rope(16, 64, 10000.0, {"rope_type": "su"})
 
+
+
+def test_flashinfer_refused_for_sliding_window_models(tiny):
+    import types
+
+    from sglite_runtime.attention import create_attention_backend
+    from sglite_runtime.attention.torch_native import TorchNativeAttnBackend
+
+    _, _, gemma = tiny("gemma3")
+    runner = types.SimpleNamespace(model=gemma)
+    with pytest.raises(ValueError, match="'flashinfer' does not support this model's sliding-window"):
+        create_attention_backend("flashinfer", "cuda", runner)
+    assert isinstance(create_attention_backend("auto", "cpu", runner), TorchNativeAttnBackend)
