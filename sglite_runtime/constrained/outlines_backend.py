@@ -304,6 +304,9 @@ class OutlinesGrammar(BaseGrammar):
         return jump_forward_tokens(self, tokenizer) or None
 
 
+_NUMPY_FLOATS = (torch.float32, torch.float16, torch.float64)
+
+
 class OutlinesGrammarBackend(BaseGrammarBackend):
     """Compiles ``(kind, spec)`` keys against one tokenizer's vocabulary.
 
@@ -388,12 +391,25 @@ class OutlinesGrammarBackend(BaseGrammarBackend):
         """``logits[i, t] = -inf`` where bit t of row i is 0; one vectorized op per batch.
 
         Columns past the mask's width (a mask narrower than the logits) are disallowed."""
+        vocab = logits.shape[-1]
+        if logits.device.type == "cpu" and vocab_mask.device.type == "cpu":
+            # On CPU numpy is ~2.5x faster than the shift-and-mask below (which builds a
+            # [B, W, 32] int32 temporary), and the mask is most of a constrained step's overhead.
+            packed = vocab_mask.contiguous().numpy().view(np.uint8)
+            banned_np = np.unpackbits(packed, axis=1, bitorder="little") == 0
+            covered = min(vocab, banned_np.shape[1])
+            if covered < vocab:
+                logits[:, covered:] = float("-inf")
+            if logits.dtype in _NUMPY_FLOATS and not logits.requires_grad:
+                np.copyto(logits[:, :covered].numpy(), -np.inf, where=banned_np[:, :covered])
+            else:
+                logits[:, :covered].masked_fill_(torch.from_numpy(banned_np[:, :covered]), float("-inf"))
+            return
         if vocab_mask.device != logits.device:
             vocab_mask = vocab_mask.to(logits.device, non_blocking=True)
-        vocab = logits.shape[-1]
         shifts = torch.arange(MASK_BITS, device=logits.device, dtype=torch.int32)
-        allowed = ((vocab_mask.unsqueeze(-1) >> shifts) & 1).bool().view(vocab_mask.shape[0], -1)
-        covered = min(vocab, allowed.shape[1])
+        banned = ((vocab_mask.unsqueeze(-1) >> shifts) & 1).view(vocab_mask.shape[0], -1) == 0
+        covered = min(vocab, banned.shape[1])
         if covered < vocab:
             logits[:, covered:] = float("-inf")
-        logits[:, :covered].masked_fill_(~allowed[:, :covered], float("-inf"))
+        logits[:, :covered].masked_fill_(banned[:, :covered], float("-inf"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sglite_runtime.constrained.outlines_backend import OutlinesGrammarBackend, pack_token_ids
@@ -128,3 +129,29 @@ def test_rollback_deeper_than_guide_buffer(bpe_tokenizer):
     assert grammar.state == states[4]
     grammar.rollback(4)  # beyond the Guide's buffer of 2: rebuilt by replay
     assert grammar.state == states[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("extra", [0, 24, 100])
+def test_cpu_fast_path_matches_bitwise_reference(dtype, extra):
+    # apply_vocab_mask's CPU path (numpy unpack + copyto) against a per-bit reference, on
+    # logits wider than the mask and on a non-contiguous view (as the sampler passes them).
+    import numpy as np
+
+    vocab, bs = 1000, 4
+    rng = np.random.default_rng(extra)
+    mask = OutlinesGrammarBackend.allocate_vocab_mask(vocab, bs)
+    for i in range(bs - 1):  # the last row stays unconstrained
+        mask[i] = pack_token_ids(rng.choice(vocab, 50, replace=False), vocab)
+    big = torch.randn(bs, vocab + extra + 8).to(dtype)
+    logits = big[:, : vocab + extra]
+    expect = logits.clone()
+    width = mask.shape[1] * 32
+    for i in range(bs):
+        words = mask[i].numpy().view(np.uint32)
+        for t in range(vocab + extra):
+            if t >= width or not (words[t // 32] >> (t % 32)) & 1:
+                expect[i, t] = float("-inf")
+    OutlinesGrammarBackend.apply_vocab_mask(logits, mask)
+    assert torch.equal(logits, expect)
+    assert torch.isfinite(big[:, vocab + extra:]).all()  # nothing outside the view touched
