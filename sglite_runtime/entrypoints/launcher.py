@@ -194,6 +194,7 @@ class ServerHandle:
 
     def shutdown(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (the server drains and exits 0), then SIGKILL the group after ``timeout`` s; reaps."""
+        import atexit
         import os
         import signal
         import subprocess
@@ -212,6 +213,7 @@ class ServerHandle:
             os.killpg(p.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError, OSError):
             pass
+        atexit.unregister(self.shutdown)  # registered by launch_server; nothing left to stop
         return p.returncode
 
     def __enter__(self) -> "ServerHandle":
@@ -244,10 +246,10 @@ def launch_server(model_path: str | None = None, port: int | None = None, host: 
     import sys
     import tempfile
 
-    import requests
+    from sglite_runtime.entrypoints.process_utils import LOG_LEVEL_ENV, validate_model_path
 
-    from sglite_runtime.entrypoints.process_utils import validate_model_path
-
+    if server_args.get("log_level") is None and os.environ.get(LOG_LEVEL_ENV):
+        server_args["log_level"] = os.environ[LOG_LEVEL_ENV].lower()
     if model_path is not None:
         validate_model_path(model_path)
         server_args["model_path"] = model_path
@@ -280,8 +282,6 @@ def launch_server(model_path: str | None = None, port: int | None = None, host: 
         _wait_serving(handle, timeout, check_pid=int(server_args.get("dp_size") or 1) == 1)
     except BaseException:  # includes KeyboardInterrupt while waiting: leave nothing behind
         handle.shutdown(5)
-        if not detach:
-            atexit.unregister(handle.shutdown)
         raise
     return handle
 
