@@ -42,6 +42,16 @@ def http_backend(request):
     runtime.shutdown()
 
 
+@pytest.fixture(scope="session")
+def openai_backend(http_backend):
+    """``sglite.OpenAI`` (completion model) over the same server's /v1, through the openai SDK."""
+    import requests
+
+    model = requests.get(http_backend.base_url + "/v1/models", timeout=10).json()["data"][0]["id"]
+    return sglite.OpenAI(model, base_url=http_backend.base_url + "/v1", api_key="none", is_chat_model=False,
+                         chat_template=http_backend.chat_template)
+
+
 @pytest.fixture(params=["engine", "http"])
 def real_backend(request):
     """Both of the above, one after the other; the caller resets any default backend it sets."""

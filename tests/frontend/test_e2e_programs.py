@@ -23,20 +23,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module", params=["engine", "http"])
+@pytest.fixture(params=["engine", "http"])
 def runtime_backend(request):
-    if request.param == "engine":
-        engine = sglite.Engine(max_total_tokens=8192)
-        yield sglite.backend.as_backend(engine)
-        engine.shutdown()
-    else:
-        try:
-            runtime_cls = sglite.Runtime
-        except (ImportError, AttributeError):
-            pytest.skip("sglite.Runtime is not available yet")
-        runtime = runtime_cls(max_total_tokens=8192)
-        yield sglite.backend.as_backend(runtime)
-        runtime.shutdown()
+    # The session's shared Engine and server (tests/frontend/conftest.py): one start-up each.
+    return request.getfixturevalue(f"{request.param}_backend")
 
 
 @sglite.function
