@@ -116,3 +116,17 @@ def test_pathological_grammars_fail_alone(dos_server):
     assert time.monotonic() - t0 < 3.0
     assert httpx.post(url + "/flush_cache", timeout=30).status_code == 200
     assert_server_well(url)
+
+
+@pytest.mark.parametrize("sampling,reason", [
+    ({"choices": [str(i) for i in range(2000)]}, "too many choices"),
+    ({"choices": ["x" * 5000, "y"]}, "too long"),
+    ({"regex": "a" * 70_000}, "too long"),
+    ({"json_schema": json.dumps({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(5000)}})},
+     "too long"),
+])
+def test_oversized_specs_are_400_up_front(dos_server, sampling, reason):
+    t0 = time.monotonic()
+    r = _generate(dos_server.url, sampling)
+    assert r.status_code == 400 and reason in r.text, r.text
+    assert time.monotonic() - t0 < 5.0
