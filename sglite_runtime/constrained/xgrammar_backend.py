@@ -13,7 +13,8 @@ token ``32w + j``), so one batch mask holds rows of both backends.
 Budget (see base.py): a CFG engine cannot tell the shortest way to acceptance in general.
 For ``json_object`` a JSON scanner runs alongside (json_budget.py) and gives an upper bound,
 so that kind closes within ``max_new_tokens``; for the others ``min_tokens_to_accept()``
-is None (no guarantee, no up-front 400).
+is None (no up-front 400) and a searched completion plan closes them best-effort
+(cfg_closer.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 import xgrammar
 
 from sglite_runtime.constrained.base import BaseGrammar, BaseGrammarBackend, GrammarKey, MAX_SPEC_CHARS
+from sglite_runtime.constrained.cfg_closer import CfgCloser, growth_bound
 from sglite_runtime.constrained.json_budget import JSON_OBJECT_EBNF, MAX_GROWTH_PER_BYTE, JsonCloser
 from sglite_runtime.constrained.outlines_backend import (OutlinesGrammarBackend, num_mask_words, pack_token_ids_np,
                                                          write_row)
@@ -60,6 +62,7 @@ class CompiledXGrammar:
         self.compiled = compiled
         self.backend = backend
         self.track_json = key[0] == "json_object"
+        self.growth = growth_bound(*key)
 
 
 class XGrammarGrammar(BaseGrammar):
@@ -71,6 +74,8 @@ class XGrammarGrammar(BaseGrammar):
         self.matcher = matcher if matcher is not None else xgrammar.GrammarMatcher(
             compiled.compiled, override_stop_tokens=backend.stop_ids)
         self.closer: JsonCloser | None = JsonCloser() if compiled.track_json else None
+        # Other kinds: a best-effort completion plan, searched near the end of the budget.
+        self.planner: CfgCloser | None = None if compiled.track_json else CfgCloser(backend, compiled.growth)
         self._snaps: list[tuple] = []       # closer snapshots before each accepted token
         self._budget: int | None = None
         self._row: np.ndarray | None = None  # mask row of the current state (cached per step)
@@ -96,11 +101,14 @@ class XGrammarGrammar(BaseGrammar):
         if self.matcher.is_terminated() or not self.matcher.accept_token(token_id):
             return False
         self._row = None
+        token_bytes = self.compiled.backend.token_bytes
+        data = token_bytes[token_id] if token_id < len(token_bytes) else None
         if self.closer is not None:
             self._snaps.append(self.closer.snapshot())
-            data = self.compiled.backend.token_bytes[token_id] if token_id < len(self.compiled.backend.token_bytes) else None
             if data:
                 self.closer.feed(data)
+        elif self.planner is not None:
+            self.planner.advanced(data)
         if self._budget is not None:
             self._budget -= 1
         return True
@@ -114,6 +122,8 @@ class XGrammarGrammar(BaseGrammar):
             for _ in range(num_tokens):
                 if self._snaps:
                     self.closer.restore(self._snaps.pop())
+        elif self.planner is not None:
+            self.planner.reset()
         if self._budget is not None:
             self._budget += num_tokens
 
@@ -134,6 +144,9 @@ class XGrammarGrammar(BaseGrammar):
             row = self._grammar_row()
             if self._budget is not None and self.closer is not None:
                 row = self._budget_row(row)
+            elif self._budget is not None and self.planner is not None:
+                limited = self.planner.restrict(row, self._budget, self.matcher)
+                row = limited if limited.any() else row
         self._row = row
         return row
 
@@ -176,6 +189,8 @@ class XGrammarGrammar(BaseGrammar):
         if self.closer is not None:
             dup.closer.restore(self.closer.snapshot())
             dup._snaps = list(self._snaps)
+        elif self.planner is not None:
+            dup.planner = self.planner.copy()
         dup._budget = self._budget
         dup._row = self._row
         return dup
@@ -206,12 +221,15 @@ class XGrammarBackend(BaseGrammarBackend):
         self.scratch = torch.zeros((1, num_mask_words(self.vocab_size)), dtype=torch.int32)
         self.stop_row = pack_token_ids_np(self.stop_ids, self.vocab_size)
         self.single_byte_token: dict[int, int] = {}
+        self.bytes_to_token: dict[bytes, int] = {}
         lengths = np.zeros(self.vocab_size, dtype=np.int64)
         for tid, data in enumerate(token_bytes[: self.vocab_size]):
             if data:
                 lengths[tid] = len(data)
+                self.bytes_to_token.setdefault(data, tid)
                 if len(data) == 1:
                     self.single_byte_token.setdefault(data[0], tid)
+        self.byte_tokens = np.array([self.single_byte_token.get(b, -1) for b in range(256)], dtype=np.int64)
         self.max_token_bytes = int(lengths.max(initial=1))
         # length_rows[k]: tokens of at most k bytes (stop ids included: they end the output).
         self.length_rows = [pack_token_ids_np(np.flatnonzero((lengths > 0) & (lengths <= k)).tolist()

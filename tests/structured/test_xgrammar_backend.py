@@ -154,3 +154,30 @@ def test_think_first_grammar(router, tok, kind):
             assert "</think>" not in answer
             value = json.loads(answer)
             assert kind == "json_object" or value["a"] in range(10)
+
+
+EBNF_BUDGET_SUITE = {
+    "arith": ('root ::= expr\nexpr ::= term (("+" | "-") term)*\nterm ::= factor (("*" | "/") factor)*\n'
+              'factor ::= [0-9]+ | "(" expr ")"'),
+    "sql": ('root ::= "SELECT " cols " FROM " ident (" WHERE " ident " = " [0-9]+)? ";"\n'
+            'cols ::= "*" | ident (", " ident)*\nident ::= [a-z_] [a-z0-9_]*'),
+    "sexpr": 'root ::= sexpr\nsexpr ::= atom | "(" sexpr (" " sexpr)* ")"\natom ::= [a-z]+ | [0-9]+',
+}
+
+
+@pytest.mark.parametrize("name", sorted(EBNF_BUDGET_SUITE))
+def test_ebnf_closes_within_budget_best_effort(router, tok, name):
+    """A searched completion plan closes random walks (an adversarial "model") in budget."""
+    compiled = router.compile(("ebnf", EBNF_BUDGET_SUITE[name]))
+    rng = random.Random(4)
+    for budget in (16, 24, 48):
+        for _ in range(6):
+            g = router.new_grammar(compiled)
+            g.set_token_budget(budget)
+            assert g.min_tokens_to_accept() is None  # no exact distance: no 400 up front
+            ids = []
+            while not g.is_terminated() and len(ids) < budget:
+                t = rng.choice(g.allowed_token_ids())
+                assert g.accept_token(t)
+                ids.append(t)
+            assert g.is_accepting(), (budget, tok.decode(ids))
