@@ -11,6 +11,13 @@ Engines (same tokenizer for all):
 * ``outlines`` - raw outlines-core: ``Index`` + ``Guide.write_mask_into`` + ``Guide.advance``.
 * ``xgrammar`` - ``GrammarCompiler`` (cache off) + ``GrammarMatcher.fill_next_token_bitmask``.
 * ``llguidance`` - ``LLMatcher`` + ``fill_next_token_bitmask`` + ``consume_token``.
+* ``sglite-xgrammar`` - sglite's XGrammarBackend (``--grammar-backend xgrammar``): matcher
+  mask + budget bookkeeping, same trace.
+
+EBNF rows (second table): context-free grammars in SGLang's syntax plus ``json_object`` (JSON
+nested to any depth) through sglite's router (``ebnf``/``json_object`` go to xgrammar), raw
+xgrammar and llguidance (GBNF converted to Lark); outlines-core cannot express them.  Their
+traces are seeded random walks of at most 48 tokens through sglite's own mask.
 
 A trace token an engine rejects counts as an invalidation (different whitespace/format
 semantics can cause these; sglite's own count must be 0).
@@ -41,6 +48,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "structured"))
 from grammar_suite import REGEX_SUITE, SCHEMA_SUITE  # noqa: E402
 from structured_helpers import SHIPPED_TOKENIZER, distances_to_accept, random_walk, train_byte_level_bpe  # noqa: E402
 
+from sglite_runtime.constrained.backend_router import RoutedGrammarBackend  # noqa: E402
+from sglite_runtime.constrained.json_budget import JSON_OBJECT_EBNF  # noqa: E402
 from sglite_runtime.constrained.outlines_backend import OutlinesGrammarBackend  # noqa: E402
 
 logger = logging.getLogger("bench_grammar")
@@ -93,6 +102,56 @@ def synthetic_schemas(n: int, seed: int = 0) -> list[dict]:
         return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
     return [obj(0) for _ in range(n)]
+
+
+#: Context-free grammars (SGLang / xgrammar EBNF syntax) for the EBNF rows.
+EBNF_SUITE = {
+    "arith": r'''root ::= expr
+expr ::= term (("+" | "-") term)*
+term ::= factor (("*" | "/") factor)*
+factor ::= [0-9]+ | "(" expr ")"''',
+    "yes_no": 'root ::= "yes" | "no"',
+    "string_list": r'''root ::= "[" ws item (ws "," ws item)* ws "]"
+item ::= "\"" [a-z]+ "\""
+ws ::= [ ]?''',
+    "sexpr": r'''root ::= sexpr
+sexpr ::= atom | "(" sexpr (" " sexpr)* ")"
+atom ::= [a-z]+ | [0-9]+''',
+    "sql_select": r'''root ::= "SELECT " cols " FROM " ident (" WHERE " cond)? ";"
+cols ::= "*" | ident (", " ident)*
+cond ::= ident " " op " " value (" AND " cond)?
+op ::= "=" | "<" | ">"
+value ::= [0-9]+ | "'" [a-z ]* "'"
+ident ::= [a-z_] [a-z0-9_]*''',
+}
+
+
+def ebnf_suite() -> list[tuple[str, str]]:
+    return [("ebnf", g) for g in EBNF_SUITE.values()] + [("json_object", "")]
+
+
+def record_cfg_traces(backend: RoutedGrammarBackend, keys: list, seed: int, walks: int = 4) -> dict:
+    """Seeded random walks (<= 48 tokens, stop at acceptance half the time) per CFG key."""
+    rng = random.Random(seed)
+    traces = {}
+    for key in keys:
+        compiled = backend.compile(key)
+        ids: list[int] = []
+        for _ in range(walks):
+            grammar = backend.new_grammar(compiled)
+            grammar.set_token_budget(48)  # json_object closes in time; EBNF walks are cut
+            walk: list[int] = []
+            while len(walk) < 48 and not grammar.is_terminated():
+                allowed = [t for t in grammar.allowed_token_ids() if t not in backend.cfg.stop_ids]
+                if not allowed or (grammar.is_accepting() and rng.random() < 0.5):
+                    break
+                tid = rng.choice(allowed)
+                grammar.accept_token(tid)
+                walk.append(tid)
+            if len(walk) > len(ids):
+                ids = walk
+        traces[key] = ids
+    return traces
 
 
 def constraint_suite(n_synthetic: int) -> list[tuple[str, str]]:
@@ -169,6 +228,8 @@ class XGrammarEngine(Engine):
         kind, spec = key
         if kind == "json":
             return self.compiler.compile_json_schema(spec, any_whitespace=True)
+        if kind in ("ebnf", "json_object"):
+            return self.compiler.compile_grammar(spec if kind == "ebnf" else JSON_OBJECT_EBNF)
         return self.compiler.compile_regex(spec)
 
     def start(self, compiled):
@@ -195,6 +256,10 @@ class LLGuidanceEngine(Engine):
         kind, spec = key
         if kind == "json":
             grammar = self.llg.LLMatcher.grammar_from_json_schema(spec, defaults={"whitespace_flexible": True})
+        elif kind in ("ebnf", "json_object"):
+            from llguidance._grammar_from import grammar_from
+
+            grammar = grammar_from("ebnf", spec if kind == "ebnf" else JSON_OBJECT_EBNF)
         else:
             grammar = self.llg.LLMatcher.grammar_from_regex(spec)
         matcher = self.llg.LLMatcher(self.tok, grammar, log_level=0)
@@ -292,6 +357,7 @@ def main() -> None:
         ("outlines-core", lambda: OutlinesEngine(backend)),
         ("xgrammar", lambda: XGrammarEngine(tokenizer, vocab_size)),
         ("llguidance", lambda: LLGuidanceEngine(tokenizer, vocab_size)),
+        ("sglite-xgrammar", lambda: SgliteEngine(RoutedGrammarBackend("xgrammar", tokenizer, vocab_size=vocab_size))),
     ]
     results: dict[str, Any] = {}
     for name, make in factories:
@@ -327,6 +393,33 @@ def main() -> None:
         "compile_p50_ms": base["compile_ms"]["p50"] <= targets["compile_p50_ms"],
     }
     print(f"targets {targets} met: {met}")
+
+    # EBNF rows: context-free grammars and json_object at any depth (outlines-core cannot).
+    router = RoutedGrammarBackend("outlines", tokenizer, vocab_size=vocab_size)
+    cfg_keys = ebnf_suite()
+    cfg_traces = record_cfg_traces(router, cfg_keys, args.seed)
+    ebnf_results: dict[str, Any] = {}
+    for name, make in [("sglite", lambda: SgliteEngine(RoutedGrammarBackend("outlines", tokenizer,
+                                                                             vocab_size=vocab_size))),
+                       ("xgrammar", lambda: XGrammarEngine(tokenizer, vocab_size)),
+                       ("llguidance", lambda: LLGuidanceEngine(tokenizer, vocab_size))]:
+        try:
+            engine = make()
+        except ImportError as exc:
+            ebnf_results[name] = {"skipped": f"not importable: {exc}"}
+            continue
+        ebnf_results[name] = run_engine(engine, cfg_keys, cfg_traces, vocab_size, passes=2 if name == "sglite" else 1)
+    print(f"\nEBNF rows: {len(cfg_keys)} grammars ({', '.join(EBNF_SUITE)}, json_object), "
+          f"{sum(map(len, cfg_traces.values()))} trace tokens; µs per token, ms per compile")
+    print(header.split("  ratio")[0])
+    for name, r in ebnf_results.items():
+        if "skipped" in r:
+            print(f"{name:15s} skipped: {r['skipped']}")
+            continue
+        for label, m in [(name, r["mask_us"])] + ([(name + " (warm)", r["mask_us_warm"])] if "mask_us_warm" in r else []):
+            c = r["compile_ms"]
+            print(f"{label:15s} {m['p50']:9.2f} {m['p99']:9.2f} {m['mean']:9.2f} {c['p50']:12.2f} {c['mean']:12.2f} "
+                  f"{r['compile_failures']:5d} {r['invalidated_traces']:5d}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({
@@ -337,6 +430,8 @@ def main() -> None:
             "num_traces": len(traces), "num_trace_tokens": sum(map(len, traces.values())),
             "whitespace_pattern": backend.whitespace_pattern,
             "results": results, "targets": targets, "targets_met": met,
+            "ebnf": {"grammars": list(EBNF_SUITE) + ["json_object"],
+                     "num_trace_tokens": sum(map(len, cfg_traces.values())), "results": ebnf_results},
         }, f, indent=2)
     print(f"wrote {args.out}")
 
