@@ -143,10 +143,13 @@ def test_suite_outputs_valid(model, suite, sampling, tok, request):
 
 
 # ---- complete within budget: max_new_tokens = the grammar's minimum, and a little more -------------
-@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
-@pytest.mark.parametrize("model", ["shipped_model_path", "tiny_llama_path"])
-def test_suites_close_at_the_minimum_budget(model, sampling, tok, request):
-    s = make_scheduler(request.getfixturevalue(model))
+@pytest.mark.parametrize("model,sampling,jump_mode", [
+    ("shipped_model_path", GREEDY, "token"), ("shipped_model_path", SAMPLED, "token"),
+    ("tiny_llama_path", GREEDY, "token"), ("tiny_llama_path", SAMPLED, "token"),
+    ("shipped_model_path", SAMPLED, "string"),  # re-spelled forced strings must fit too
+], ids=["shipped-greedy", "shipped-sampled", "random-greedy", "random-sampled", "shipped-sampled-string-jump"])
+def test_suites_close_at_the_minimum_budget(model, sampling, jump_mode, tok, request):
+    s = make_scheduler(request.getfixturevalue(model), jump_forward_mode=jump_mode)
     backend = s.grammar_manager.backend
     prompt = chat_prompt(tok, "Give me a JSON record.")
     cases = regex_cases(sampling) + schema_cases(sampling)
