@@ -117,3 +117,21 @@ def test_frontend_gen_ebnf(server):
     backend = sgl.RuntimeEndpoint(server.url)
     state = prog.run(backend=backend)
     assert state["a"] in ("yes", "no"), state["a"]
+
+
+def test_v1_constraint_fields(server):
+    """SGLang's ebnf and vLLM's guided_* names on /v1; two constraints at once are a 400."""
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+    model = client.models.list().data[0].id
+    checks = [({"ebnf": YES_NO}, lambda t: t in ("yes", "no")),
+              ({"guided_grammar": ARITH}, parse_arith),
+              ({"guided_regex": "[a-c]{3}"}, lambda t: re.fullmatch("[a-c]{3}", t)),
+              ({"guided_choice": ["red", "blue"]}, lambda t: t in ("red", "blue")),
+              ({"guided_json": {"type": "object", "properties": {"k": {"type": "boolean"}}, "required": ["k"]}},
+               lambda t: isinstance(json.loads(t)["k"], bool))]
+    for extra, ok in checks:
+        r = client.completions.create(model=model, prompt="Answer:", max_tokens=32, temperature=0, extra_body=extra)
+        assert r.choices[0].finish_reason == "stop" and ok(r.choices[0].text), (extra, r.choices[0].text)
+    with pytest.raises(openai.BadRequestError, match="Only one constraint"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], max_tokens=8,
+                                       extra_body={"guided_regex": "a", "ebnf": YES_NO})
