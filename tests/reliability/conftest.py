@@ -18,3 +18,8 @@ def rserver(shipped_model_path: str, tmp_path_factory: pytest.TempPathFactory) -
     yield handle
     handle.shutdown()
     handle.log_file.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The chaos test kills the shared server: run it after every other test that uses it.
+    items.sort(key=lambda item: item.path.name == "test_chaos.py")

@@ -13,18 +13,8 @@ from typing import Any
 
 import httpx
 import psutil
-import pytest
-from reliability_utils import start_server
 
-LONG = {"max_new_tokens": 400, "ignore_eos": True, "temperature": 0.0}
-
-
-@pytest.fixture
-def victim_server(shipped_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    handle = start_server(shipped_model_path, tmp_path_factory, max_total_tokens=4096)
-    yield handle
-    handle.shutdown(5)
-    handle.log_file.close()
+LONG = {"max_new_tokens": 250, "ignore_eos": True, "temperature": 0.0}
 
 
 def _stream(url: str, path: str, body: dict, first: threading.Event, out: dict, key: str) -> None:
@@ -52,25 +42,29 @@ def _post(url: str, path: str, body: dict, out: dict, key: str) -> None:
     out[key + ":t"] = time.monotonic()
 
 
-def test_kill_scheduler_mid_stream(victim_server):
-    url = victim_server.url
-    server = psutil.Process(victim_server.process.pid)
+def test_kill_scheduler_mid_stream(rserver):
+    """Runs last (conftest orders it so): it ends the shared server."""
+    url = rserver.url
+    server = psutil.Process(rserver.process.pid)
     children = server.children(recursive=True)
     out: dict[str, Any] = {}
     started = [threading.Event() for _ in range(2)]
     threads = [
         threading.Thread(target=_stream, args=(url, "/generate", {"text": "once upon", "sampling_params": LONG},
                                                started[0], out, "gen_stream")),
-        threading.Thread(target=_stream, args=(url, "/v1/completions", {"prompt": "a b c", "max_tokens": 400,
+        threading.Thread(target=_stream, args=(url, "/v1/completions", {"prompt": "a b c", "max_tokens": 250,
                                                                         "ignore_eos": True}, started[1], out, "v1_stream")),
         threading.Thread(target=_post, args=(url, "/generate", {"text": "hello", "sampling_params": LONG}, out, "gen")),
-        threading.Thread(target=_post, args=(url, "/v1/completions", {"prompt": "x y", "max_tokens": 400,
+        threading.Thread(target=_post, args=(url, "/v1/completions", {"prompt": "x y", "max_tokens": 250,
                                                                       "ignore_eos": True}, out, "v1")),
     ]
-    for t in threads:
+    for t in threads[:2]:
         t.start()
     for e in started:
         assert e.wait(60), "the streams never started"
+    for t in threads[2:]:  # running or queued when the scheduler dies: either way a 5xx
+        t.start()
+    time.sleep(0.3)
     scheduler_pid = httpx.get(url + "/server_info").json()["internal_states"][0]["pid"]
     assert scheduler_pid in [p.pid for p in children]
     killed_at = time.monotonic()
@@ -99,6 +93,6 @@ def test_kill_scheduler_mid_stream(victim_server):
     events = [json.loads(x) for x in out["gen_stream"] if x.startswith("{")]
     assert any(e.get("error", {}).get("code", 0) >= 500 for e in events), out["gen_stream"][-3:]
     assert out["v1_stream"][-1] == "[DONE]", out["v1_stream"][-3:]
-    assert victim_server.process.wait(30) != 0
+    assert rserver.process.wait(30) != 0
     time.sleep(0.5)
     assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

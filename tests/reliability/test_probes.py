@@ -2,43 +2,21 @@
 server stays up and fast, and the KV pool is whole afterwards (issue 13's table, and more).
 
 Entries: HTTP ``/generate``, ``/v1/completions``, ``/v1/chat/completions``, ``/run_program``
-(a gen node), and the Engine's own path (the TokenizerManager's validator, in process).
+(a gen node); the Engine's path (the same TokenizerManager validator) is test_validator_inprocess.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from typing import Any
 
 import httpx
 import pytest
-
+from probe_table import LOGIT_BIAS_PROBES, PROMPT_100, REQUEST_PROBES, SAMPLING_PROBES
 from reliability_utils import POOL_TOKENS, assert_server_well
 
-# ~100 tokens: fits the pool alone, not with 900 new tokens (pool 600 < context 1024).
-PROMPT_100 = "the cat sat on the mat and looked at the dog " * 6
 FIGURES: Counter = Counter()  # probes per route and 5xx count, printed for the closing note
-
-# (sampling fields, what the 400's message must contain). Field names are SGLang's; routes
-# translate max_new_tokens to their own name.
-SAMPLING_PROBES = [
-    ({"seed": 2**64}, "seed must be in"),
-    ({"seed": 18446744073709551616}, "seed must be in"),
-    ({"top_k": 2**64}, "top_k does not fit a 64-bit integer"),
-    ({"temperature": math.inf}, "temperature must be a finite number"),
-    ({"temperature": math.nan}, "temperature must be a finite number"),
-    ({"top_p": math.nan}, "top_p must be a finite number"),
-    ({"stop": "a\ud800"}, "stop is not valid Unicode"),
-    ({"stop": ["x" * 2000]}, "at most 1024 characters"),
-    ({"regex": "[a-z]\udc00"}, "regex is not valid Unicode"),
-    ({"n": 100000}, "n must be at most"),
-    ({"max_new_tokens": 900, "ignore_eos": True}, "can never fit in the KV cache"),
-    ({"max_new_tokens": 2**70}, "max_new_tokens does not fit a 64-bit integer"),
-    ({"ignore_eos": "yes"}, "ignore_eos must be a boolean"),
-]
-LOGIT_BIAS_PROBES = [({"logit_bias": {"5": math.nan}}, "logit_bias values must be finite")]
 
 
 def _post(url: str, path: str, body: Any) -> httpx.Response:
@@ -99,29 +77,6 @@ def _refused(r: httpx.Response, needle: str) -> bool:
     return False
 
 
-REQUEST_PROBES = [
-    # The issue's critical row: the <= 20 bound held only in one HTTP handler.
-    ({"text": "hi", "return_logprob": True, "top_logprobs_num": 5000}, "top_logprobs_num must be"),
-    ({"text": "hi", "return_logprob": True, "top_logprobs_num": 10**6}, "top_logprobs_num must be"),
-    ({"text": "hi", "return_logprob": "yes"}, "return_logprob"),
-    ({"text": "hi", "stream": "yes"}, "stream"),
-    ({"text": "hi", "return_logprob": True, "logprob_start_len": -5}, "logprob_start_len"),
-    ({"text": "hi", "return_logprob": True, "logprob_start_len": 1.5}, "logprob_start_len"),
-    ({"input_ids": [True]}, "input_ids"),
-    ({"input_ids": [1, 2**64]}, "out of vocabulary"),
-    ({"input_ids": [[1, 2], ["a"]]}, "input_ids"),
-    ({"text": "a\ud800b"}, "text is not valid Unicode"),
-    ({"text": ["fine", "also fine", "a\udfffb"]}, "text is not valid Unicode"),
-    ({"text": "hi", "input_ids": [1]}, "not both"),
-    ({"text": ["x"] * 1000, "sampling_params": {"n": 8, "max_new_tokens": 1}}, "fans out to more than"),
-    ({"text": ["a", "b"], "rid": ["same", "same"]}, "unique"),
-    ({"text": "hi", "rid": ""}, "rid"),
-    ({"text": "hi", "sampling_params": [{}]}, "list of 1"),
-    ({"text": "hi", "image_data": "x"}, "Image input"),
-    ({"text": "x " * 5000}, "longer than the model's context length"),
-]
-
-
 def test_generate_request_probes(rserver):
     before = httpx.get(rserver.url + "/server_info").json()["internal_states"][0]["requests_total"]
     failures = []
@@ -146,19 +101,20 @@ def test_program_gen_node_logprobs_bound(rserver):
 
 def test_pool_limit_and_ordinary_requests_still_work(rserver):
     """The issue's KV row (600-token pool, 100-token prompt, 900 new tokens, ignore_eos) is a
-    400; the largest request that fits completes, with every token generated."""
+    400; a request that exactly fills the pool completes with every token generated."""
     url = rserver.url
     r = _post(url, "/generate", {"text": PROMPT_100, "sampling_params": {"max_new_tokens": 900, "ignore_eos": True}})
     assert r.status_code == 400 and "can never fit in the KV cache" in _message(r)
-    n_prompt = len(httpx.post(url + "/tokenize", json={"prompt": PROMPT_100, "add_special_tokens": False}).json()["tokens"])
-    room = POOL_TOKENS - n_prompt
-    r = _post(url, "/generate", {"text": PROMPT_100, "sampling_params": {"max_new_tokens": room, "ignore_eos": True,
-                                                                         "temperature": 0}})
+    ids = [10 + (7 * i) % 3000 for i in range(POOL_TOKENS - 10)]
+    fill = {"max_new_tokens": 10, "ignore_eos": True, "temperature": 0}
+    r = _post(url, "/generate", {"input_ids": ids, "sampling_params": fill | {"max_new_tokens": 11}})
+    assert r.status_code == 400 and "can never fit in the KV cache" in _message(r)
+    r = _post(url, "/generate", {"input_ids": ids, "sampling_params": fill})
     assert r.status_code == 200, r.text
-    assert r.json()["meta_info"]["completion_tokens"] == room
-    # Unset max_new_tokens means "fill what is left", of the pool here (not of the context).
-    r = _post(url, "/v1/completions", {"prompt": PROMPT_100, "max_tokens": None, "temperature": 0})
-    assert r.status_code == 200, r.text
+    assert r.json()["meta_info"]["completion_tokens"] == 10
+    # Unset max_tokens means "fill what is left", of the pool here (not of the context).
+    r = _post(url, "/v1/completions", {"prompt": ids, "max_tokens": None, "ignore_eos": True, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 10, r.text
     assert_server_well(url)
 
 
