@@ -29,14 +29,24 @@ def token_distances(index: Any) -> dict[int, int]:
     """``{state: fewest tokens to an accepting state}`` over an outlines-core Index.
 
     Every transition costs one token; accepting states are 0.  States that cannot reach
-    acceptance are absent (callers read them as UNREACHABLE)."""
-    transitions = index.get_transitions()
+    acceptance are absent (callers read them as UNREACHABLE).  The graph is walked state by
+    state (allowed tokens, then their next states) instead of through
+    ``Index.get_transitions()``, whose dict of every edge costs ~1 GB of Python objects for a
+    150k-token vocabulary; only each state's set of distinct successors is kept."""
+    start = index.get_initial_state()
     reverse: dict[int, list[int]] = {}
-    for state, edges in transitions.items():
-        for nxt in set(edges.values()):
-            if nxt != state:
-                reverse.setdefault(nxt, []).append(state)
-    dist = {s: 0 for s in index.get_final_states()}
+    seen, stack = {start}, [start]
+    while stack:
+        state = stack.pop()
+        nexts = {index.get_next_state(state, tok) for tok in index.get_allowed_tokens(state)}
+        for nxt in nexts:
+            if nxt is None or nxt == state:
+                continue
+            reverse.setdefault(nxt, []).append(state)
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    dist = {s: 0 for s in index.get_final_states() if s in seen}
     frontier = list(dist)
     while frontier:
         nxt_frontier = []

@@ -55,7 +55,11 @@ def _walk(backend, grammar, budget: int, rng: random.Random, check_mask: bool) -
 def _check_all_budgets(backend, key, check, seed: int) -> None:
     grammar0 = backend.new_grammar(backend.compile(key))
     minimum = grammar0.min_tokens_to_accept()
-    assert minimum == distances_to_accept(grammar0)[grammar0.state]
+    reference = distances_to_accept(grammar0)  # over Index.get_transitions(), every edge
+    assert minimum == reference[grammar0.state]
+    # Same distances on every state reachable from the start (the reference also holds
+    # states with no incoming edge, which a walk from the start never meets).
+    assert grammar0.compiled.distances == {s: reference[s] for s in grammar0.compiled.distances}
     rng = random.Random(seed)
     for extra in BUDGET_OFFSETS:
         for n in range(3):
