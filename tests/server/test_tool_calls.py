@@ -155,3 +155,29 @@ def test_parser_auto_and_stream_agree():
     assert parse_auto("<tool_call>{\"name\": \"zzz\", \"arguments\": {}}</tool_call>", spec)[1] == []
     assert parse_auto("<tool_call>{oops</tool_call>", spec) == ("<tool_call>{oops</tool_call>", [])
     assert len(parse_auto(text, parse_tool_request(TOOLS, "auto", False))[1]) == 1
+
+
+def test_none_streamed(client, model):
+    choice = stream_message(client, model=model, messages=MSGS, tools=TOOLS, tool_choice="none", max_tokens=64,
+                            temperature=0, extra_body={"regex": CALL_REGEX})
+    assert not choice.message.tool_calls and choice.message.content == CALL_TEXT and choice.finish_reason == "stop"
+
+
+def test_template_with_tools_renders_natively(model_path):
+    """A template that knows tools (Qwen-style) gets ``tools=`` and the tool turns as they are."""
+    import types
+
+    from sglite_runtime.entrypoints.openai_chat import render_chat
+    from sglite_runtime.entrypoints.openai_protocol import ChatMessage
+
+    template = ("{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}"
+                "{% for m in messages %}{{ m.role }}:{{ m.content }}"
+                "{% if m.tool_calls %}{% for c in m.tool_calls %}CALL {{ c.function.name }} "
+                "{{ c.function.arguments.city }}{% endfor %}{% endif %}\n{% endfor %}")
+    tm = types.SimpleNamespace(chat_template=template, tokenizer=AutoTokenizer.from_pretrained(model_path))
+    msgs = [ChatMessage(role="user", content="hi"),
+            ChatMessage(role="assistant", content=None, tool_calls=[
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]),
+            ChatMessage(role="tool", content="5C", tool_call_id="c1")]
+    prompt = render_chat(tm, msgs, tools=parse_tool_request(TOOLS, "auto", True))
+    assert prompt.startswith("TOOLS:get_weather;add;") and "CALL get_weather Oslo" in prompt and "tool:5C" in prompt
