@@ -84,6 +84,12 @@ class EngineBackend(BaseBackend):
     def get_server_info(self) -> Optional[dict[str, Any]]:
         return self.engine.get_server_info()
 
+    def cancel_threads(self, thread_ids: list[int]) -> None:
+        """Abort the engine calls these threads wait on (Ctrl-C while a program runs)."""
+        cancel = getattr(self.engine, "cancel_calls", None)
+        if callable(cancel):
+            cancel(thread_ids)
+
     def shutdown(self) -> None:
         """Shut the wrapped engine down."""
         stop = getattr(self.engine, "shutdown", None)

@@ -121,7 +121,19 @@ class StreamExecutor:
     def sync(self) -> None:
         """Wait until everything submitted so far has been executed."""
         if self.use_thread:
-            self.queue.join()
+            try:
+                self.queue.join()
+            except KeyboardInterrupt:
+                self.interrupt()
+                raise
+
+    def interrupt(self) -> None:
+        """Ctrl-C while waiting on this stream: abort its in-flight request (on backends that can,
+        e.g. the Engine) and skip what is still queued."""
+        self.fail(KeyboardInterrupt("the program was interrupted"))
+        cancel = getattr(self.backend, "cancel_threads", None)
+        if callable(cancel) and self.use_thread:
+            cancel([self.worker.ident])
 
     def end(self) -> None:
         """No more expressions will come; the worker exits after draining. Idempotent."""
@@ -151,7 +163,11 @@ class StreamExecutor:
             self.sync()  # it may still be on the way, e.g. through a text-only path
             event = self.variable_events.get(name)
         if event is not None:
-            event.wait()
+            try:
+                event.wait()
+            except KeyboardInterrupt:
+                self.interrupt()
+                raise
         if name in self.failed_vars or name not in self.variables:
             if isinstance(self.error_, ValueError):  # the caller's mistake: the message is enough
                 raise self.error_.with_traceback(None) from None
@@ -240,7 +256,7 @@ class StreamExecutor:
             self._execute(expr)
         except BaseException as e:  # noqa: BLE001 - stored and re-raised at the reader
             # A bad input is re-raised where the program reads it; only unexpected errors are logged.
-            if not isinstance(e, ValueError):
+            if not isinstance(e, ValueError) and self.error_ is None:  # not after Ctrl-C's interrupt()
                 logger.warning("Error in stream_executor: %s: %s", type(e).__name__, e)
             self.fail(e)
 

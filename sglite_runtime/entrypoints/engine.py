@@ -48,6 +48,7 @@ class Engine:
     def __init__(self, model_path: str | None = None, log_level: str | None = None, **kwargs: Any):
         self._procs: RuntimeProcesses | None = None  # so shutdown()/__del__ work if __init__ fails
         self._dead: str | None = None
+        self._calls: dict[int, set] = {}  # thread id -> the calls it waits on (see cancel_calls)
         if model_path is not None:
             validate_model_path(model_path)
             kwargs["model_path"] = model_path
@@ -66,7 +67,8 @@ class Engine:
         atexit.register(self.shutdown)
 
     async def _make_tm(self, ready: Any) -> TokenizerManager:
-        tm = TokenizerManager(self.server_args, self._procs.port_args, ready.context_len, ready.vocab_size)
+        tm = TokenizerManager(self.server_args, self._procs.port_args, ready.context_len, ready.vocab_size,
+                              ready.max_total_num_tokens)  # requests that can never fit the KV pool: ValueError
         tm.start()
         return tm
 
@@ -95,7 +97,23 @@ class Engine:
 
     def _run(self, coro: Any) -> Any:
         self._check(coro)
-        return wait_sync(submit(coro, self.loop), self._alive_reason)
+        call, ident = submit(coro, self.loop), threading.get_ident()
+        self._calls.setdefault(ident, set()).add(call)
+        try:
+            return wait_sync(call, self._alive_reason)
+        finally:
+            mine = self._calls.get(ident, set())
+            mine.discard(call)
+            if not mine:  # only this thread adds to its own set
+                self._calls.pop(ident, None)
+
+    def cancel_calls(self, thread_ids: list[int]) -> None:
+        """Cancel the calls that these threads are waiting on (their requests are aborted and the
+        calls raise ``CancelledError``). The frontend uses it when Ctrl-C interrupts a program
+        whose generations run on worker threads."""
+        for ident in thread_ids:
+            for call in list(self._calls.get(ident, ())):
+                call.cancel(wait=False)
 
     async def _await(self, coro: Any) -> Any:
         self._check(coro)

@@ -114,6 +114,24 @@ def test_cancelled_await_aborts_it(engine):
     assert_idle_soon(engine)
 
 
+def test_keyboard_interrupt_aborts_a_running_program(engine):
+    @sglite.function
+    def long_program(s):
+        s += "Once" + sglite.gen("story", max_tokens=1000, ignore_eos=True)
+        s += "." + sglite.gen("more", max_tokens=1000, ignore_eos=True)
+
+    # A real SIGINT (what Jupyter's stop button sends): it wakes the main thread's blocking wait.
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    state = long_program.run(backend=sglite.EngineBackend(engine), temperature=0)
+    with pytest.raises(KeyboardInterrupt):
+        state["story"]
+    assert time.monotonic() - t0 < 3
+    assert_idle_soon(engine)  # the gen was aborted and the second one never sent
+    with pytest.raises(KeyboardInterrupt):
+        state["more"]
+
+
 def test_missing_model_path_is_one_line():
     with pytest.raises(ValueError, match="does not exist") as info:
         sglite.Engine(model_path="/no/such/model")
