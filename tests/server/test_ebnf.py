@@ -115,8 +115,9 @@ def test_frontend_gen_ebnf(server):
         s += "Answer: " + sgl.gen("a", max_tokens=8, ebnf=YES_NO, temperature=0)
 
     backend = sgl.RuntimeEndpoint(server.url)
-    state = prog.run(backend=backend)
-    assert state["a"] in ("yes", "no"), state["a"]
+    for compile_ in (False, True):  # interpreted, and as a compiled graph run by the server
+        state = prog.run(backend=backend, compile=compile_)
+        assert state["a"] in ("yes", "no"), (compile_, state["a"])
 
 
 def test_v1_constraint_fields(server):
