@@ -64,12 +64,12 @@ def add_openai_routes(app: FastAPI, state: Any) -> None:
         tm = state.tm
         _check_model(tm, req.model)
         if req.messages is not None:
-            ids = tm.tokenizer.encode(render_chat(tm, req.messages, req.add_generation_prompt), add_special_tokens=False)
+            ids = await tm.encode(render_chat(tm, req.messages, req.add_generation_prompt), add_special_tokens=False)
         else:
             text = req.prompt if req.prompt is not None else req.text
             if text is None:
                 raise ValueError("Send prompt (or messages) to tokenize.")
-            ids = tm.tokenizer.encode(text, add_special_tokens=req.add_special_tokens)
+            ids = await tm.encode(text, add_special_tokens=req.add_special_tokens)  # checked, off the loop if large
         return json_response({"tokens": list(ids), "count": len(ids), "max_model_len": tm.context_len})
 
     async def detokenize(req: DetokenizeRequest) -> Response:

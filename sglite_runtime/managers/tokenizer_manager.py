@@ -32,7 +32,7 @@ from sglite_runtime.managers.io_struct import (
     encode,
 )
 from sglite_runtime.managers.request_validation import MAX_N, check_generate_input
-from sglite_runtime.sampling.sampling_params import SamplingParams, check_context_length
+from sglite_runtime.sampling.sampling_params import SamplingParams, check_context_length, check_unicode
 from sglite_runtime.server_args import ServerArgs
 from sglite_runtime.utils.hf_utils import get_tokenizer, load_chat_template, sampling_defaults
 
@@ -261,6 +261,15 @@ class TokenizerManager:
             for _, _, _, _, rid in expanded:
                 if rid in self.rid_to_state:
                     self.abort_request(rid)
+
+    async def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Tokenize ``text`` for a route such as ``/tokenize``: invalid Unicode is a ValueError,
+        and a large text is tokenized on the worker thread, not on the event loop."""
+        check_unicode(text, "text")
+        if len(text) <= OFF_LOOP_CHARS:
+            return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._validate_pool, lambda: list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens)))
 
     async def _prepare(self, obj: GenerateReqInput) -> list[tuple[GenerateReqInput, list[int], SamplingParams]]:
         """Validate and tokenize the whole request (every prompt of a batch) or raise ValueError.

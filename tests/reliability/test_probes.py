@@ -144,6 +144,40 @@ def test_abort_exact_rid_and_abort_all_is_strict(rserver):
     assert_server_well(url)
 
 
+def test_unicode_and_nesting_everywhere(rserver):
+    url = rserver.url
+    for path, body in (("/tokenize", {"prompt": "a\ud800b"}),
+                       ("/tokenize", {"messages": [{"role": "user", "content": "a\udfffb"}]}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a\ud800b"}]}),
+                       ("/v1/completions", {"prompt": ["ok", "b\ud800"]})):
+        r = _post(url, path, body)
+        assert r.status_code == 400 and "not valid Unicode" in _message(r), (path, r.text)
+    deep = '{"type": "array", "items": ' * 3000 + "{}" + "}" * 3000
+    for path, raw in (("/generate", '{"text": "x", "sampling_params": {"json_schema": %s}}' % deep),
+                      ("/generate", '{"text": "x", "sampling_params": {"regex": "%s"}}' % ("(" * 3000 + "a" + ")" * 3000)),
+                      ("/v1/completions", '{"prompt": "x", "json_schema": %s}' % deep),
+                      ("/generate", '{"text": ' + "[" * 100000 + "]" * 100000 + "}")):
+        r = httpx.post(url + path, content=raw, timeout=60, headers={"content-type": "application/json"})
+        FIGURES[path] += 1
+        FIGURES["5xx"] += r.status_code >= 500
+        assert r.status_code == 400, (path, raw[:60], r.text[:300])
+    assert_server_well(url)
+
+
+def test_disconnects_leave_no_orphans_or_task_errors(rserver):
+    url = rserver.url
+    body = {"text": ["a", "b", "c"], "sampling_params": {"max_new_tokens": 200, "ignore_eos": True, "n": 2},
+            "stream": True}
+    for _ in range(3):
+        with httpx.stream("POST", url + "/generate", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    break  # hang up mid-stream
+    assert_server_well(url)
+    log = open(rserver.log_path).read()
+    assert "Task exception was never retrieved" not in log and "Traceback" not in log, log[-2000:]
+
+
 def test_zz_figures(rserver):
     """Not a check: the figures for the closing note (run last in this module)."""
     print("\nreliability probes per route:", dict(FIGURES))
