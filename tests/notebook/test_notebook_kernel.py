@@ -93,7 +93,9 @@ def test_example_notebook_then_kernel_kill_leaves_nothing(tmp_path):
         assert any("your own log lines still show" in t for t in texts)  # basicConfig survived the Engine
         assert any("Person(name=" in t for t in texts)  # pydantic validated the constrained JSON
         assert any(t.startswith("ValueError: temperature") for t in texts)
-        assert any("100%" in t and "3/3" in t for t in texts)  # run_batch's progress bar
+        widgets = [o for c in body for o in c.get("outputs", [])
+                   if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert widgets or any("100%" in t and "3/3" in t for t in texts)  # run_batch's bar (text or widget)
         probe = nb.cells[-1] = nbformat.v4.new_code_cell(PIDS_CODE)  # in place of the clean-up cell
         client.execute_cell(probe, len(nb.cells) - 1)
         pids = _pids(_cell_text(probe))
