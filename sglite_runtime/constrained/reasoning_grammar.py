@@ -56,6 +56,7 @@ class ThinkFirstGrammar(BaseGrammar):
         self.done_thinking = False
         self.answer_tokens = 0
         self._budget: int | None = None
+        self._inner_estimate: int | None = None  # the inner grammar does not move while thinking
 
     # -- budget -------------------------------------------------------------------------
     def set_token_budget(self, max_tokens: int | None) -> None:
@@ -82,10 +83,20 @@ class ThinkFirstGrammar(BaseGrammar):
         return self.done_thinking and self.inner.is_accepting()
 
     # -- stepping -----------------------------------------------------------------------
+    def _inner_need(self) -> int | None:
+        """Tokens the answer needs at least: exact, else the backend's estimate (an EBNF
+        completion plan), so that thinking also ends in time before a best-effort grammar."""
+        need = self.inner.min_tokens_to_accept()
+        if need is None and hasattr(self.inner, "estimated_tokens_to_accept"):
+            if self._inner_estimate is None:
+                self._inner_estimate = self.inner.estimated_tokens_to_accept()
+            need = self._inner_estimate
+        return need
+
     def _closing(self) -> bool:
         """While thinking: must the marker be forced now to keep the answer in budget?  A free
         token may undo a partial marker, after which the whole marker is due again."""
-        inner = self.inner.min_tokens_to_accept()
+        inner = self._inner_need()
         if self._budget is None or inner is None:
             return False
         return self._budget - 1 < len(self.vocab.marker_ids) + inner
@@ -148,6 +159,7 @@ class ThinkFirstGrammar(BaseGrammar):
         dup = ThinkFirstGrammar(self.inner.copy(), self.vocab)
         dup.tail, dup.thinking, dup.done_thinking = self.tail, list(self.thinking), self.done_thinking
         dup.answer_tokens, dup._budget = self.answer_tokens, self._budget
+        dup._inner_estimate = self._inner_estimate
         return dup
 
     def try_jump_forward(self, tokenizer: Any) -> list[int] | None:

@@ -28,7 +28,7 @@ import torch
 import xgrammar
 
 from sglite_runtime.constrained.base import BaseGrammar, BaseGrammarBackend, GrammarKey, MAX_SPEC_CHARS
-from sglite_runtime.constrained.cfg_closer import CfgCloser, growth_bound
+from sglite_runtime.constrained.cfg_closer import CfgCloser, find_completion, growth_bound
 from sglite_runtime.constrained.json_budget import JSON_OBJECT_EBNF, MAX_GROWTH_PER_BYTE, JsonCloser
 from sglite_runtime.constrained.outlines_backend import (OutlinesGrammarBackend, num_mask_words, pack_token_ids_np,
                                                          write_row)
@@ -94,6 +94,13 @@ class XGrammarGrammar(BaseGrammar):
 
     def is_accepting(self) -> bool:
         return self.matcher.is_terminated() or self.matcher.is_completed()
+
+    def estimated_tokens_to_accept(self) -> int | None:
+        """An upper bound of the tokens to acceptance (a searched completion's bytes), or None."""
+        if self.closer is not None:
+            return self.closer.distance()
+        plan = find_completion(self.matcher, self.compiled.backend.scratch, self.compiled.backend.byte_tokens)
+        return None if plan is None else len(plan)
 
     # -- stepping -----------------------------------------------------------------------
     def accept_token(self, token_id: int) -> bool:

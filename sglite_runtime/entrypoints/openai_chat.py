@@ -207,6 +207,8 @@ async def chat_completion(tm: Any, req: ChatCompletionRequest, request: Request)
     thinking = (req.chat_template_kwargs or {}).get("enable_thinking", True) is not False
     if reasoning and thinking and any(k in sampling for k in ("regex", "json_schema", "choices", "ebnf")):
         sampling["require_reasoning"] = True  # the constraint starts after </think>
+        # Everything before </think> is then thinking, with or without a leading <think>.
+        reasoning = "deepseek-r1"
     obj = GenerateReqInput(text=prompt, sampling_params=sampling, rid=req.rid,
                            return_logprob=req.logprobs, top_logprobs_num=top or 0,
                            return_text_in_logprobs=True, stream=req.stream)

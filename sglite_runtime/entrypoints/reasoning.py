@@ -40,7 +40,7 @@ class ReasoningStream:
         self.buffer = ""
         # "start": nothing decided; "think": inside the reasoning; "answer": just after
         # "</think>" (leading whitespace dropped); "content": the answer.
-        self.phase = "think" if parser == "deepseek-r1" else "start"
+        self.phase = "start"
 
     def feed(self, delta: str) -> tuple[str, str]:
         self.buffer += delta
@@ -52,8 +52,8 @@ class ReasoningStream:
                 self.phase = "think"
             elif THINK_START.startswith(head):
                 return "", ""  # still undecided
-            else:
-                self.phase = "content"
+            else:  # deepseek-r1: the template opened <think>, the output starts inside it
+                self.phase = "think" if self.parser == "deepseek-r1" else "content"
         if self.phase == "think":
             end = self.buffer.find(THINK_END)
             if end >= 0:

@@ -41,7 +41,8 @@ def test_split_whole_and_streamed():
     assert split_reasoning("<think>cut by the budg", "qwen3") == ("cut by the budg", "")
     assert split_reasoning(f"{THOUGHT}</think>{ANSWER}", "deepseek-r1") == (THOUGHT, ANSWER)
     assert split_reasoning("still thinking", "deepseek-r1") == ("still thinking", "")
-    for parser, text in (("qwen3", OUTPUT), ("qwen3", "plain <think> later"), ("deepseek-r1", f"{THOUGHT}</think>{ANSWER}")):
+    for parser, text in (("qwen3", OUTPUT), ("qwen3", "plain <think> later"), ("deepseek-r1", f"{THOUGHT}</think>{ANSWER}"),
+                         ("deepseek-r1", OUTPUT)):
         whole = split_reasoning(text, parser)
         for step in (1, 2, 5, 100):
             rs, r, c = ReasoningStream(parser), "", ""
