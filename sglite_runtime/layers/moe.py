@@ -20,15 +20,16 @@ from sglite_runtime.layers.activation import gated_activation
 
 
 def select_experts(
-    router_logits: torch.Tensor, top_k: int, renormalize: bool
+    router_logits: torch.Tensor, top_k: int, renormalize: bool, fp32_weights: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weights [T, k] in the logits' dtype, expert ids [T, k])``: softmax in fp32, top-k,
-    optionally renormalized to sum to 1 (HF ``Qwen3MoeTopKRouter`` / Mixtral)."""
+    """``(weights [T, k], expert ids [T, k])``: softmax in fp32, top-k, optionally renormalized
+    to sum to 1. Weights are cast to the logits' dtype (HF ``Qwen3MoeTopKRouter``) unless
+    ``fp32_weights`` (HF ``MixtralTopKRouter`` keeps them in fp32)."""
     probs = torch.softmax(router_logits, dim=-1, dtype=torch.float32)
     weights, ids = torch.topk(probs, top_k, dim=-1)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights.to(router_logits.dtype), ids
+    return (weights if fp32_weights else weights.to(router_logits.dtype)), ids
 
 
 class FusedMoE(nn.Module):
@@ -67,13 +68,15 @@ class FusedMoE(nn.Module):
         for e in hit:
             token_idx, slot = torch.where(topk_ids == e)
             h = self.act_fn(F.linear(x[token_idx], self.w13_weight[e]))
+            # In fp32 when the router weights are (Mixtral), as HF multiplies before casting back.
             h = F.linear(h, self.w2_weight[e]) * topk_weights[token_idx, slot, None]
             out.index_add_(0, token_idx, h.to(out.dtype))
         return tensor_model_parallel_all_reduce(out)
 
 
 def expert_checkpoint_name(name: str) -> tuple[str, tuple[int, int]] | None:
-    """Map ``...mlp.experts.{e}.{gate,up,down}_proj.weight`` to ``(param name, (e, piece))``."""
+    """Map ``...experts.{e}.{gate,up,down}_proj.weight`` (Mixtral: ``w1``, ``w3``, ``w2``) to
+    ``(param name, (e, piece))``."""
     parts = name.split(".")
     if len(parts) < 4 or parts[-1] != "weight" or "experts" not in parts:
         return None
@@ -82,10 +85,21 @@ def expert_checkpoint_name(name: str) -> tuple[str, tuple[int, int]] | None:
         return None
     expert, proj = int(parts[i + 1]), parts[i + 2]
     prefix = ".".join(parts[: i + 1])
-    if proj == "gate_proj":
+    if proj in ("gate_proj", "w1"):
         return f"{prefix}.w13_weight", (expert, 0)
-    if proj == "up_proj":
+    if proj in ("up_proj", "w3"):
         return f"{prefix}.w13_weight", (expert, 1)
-    if proj == "down_proj":
+    if proj in ("down_proj", "w2"):
         return f"{prefix}.w2_weight", (expert, 0)
     return None
+
+
+def required_expert_shards(model: nn.Module) -> dict[str, set]:
+    """For the loader: every expert's gate and up piece of each ``w13``, its down piece of ``w2``."""
+    shards: dict[str, set] = {}
+    for pname, module in model.named_modules():
+        if isinstance(module, FusedMoE):
+            n = module.num_experts
+            shards[f"{pname}.w13_weight"] = {(e, j) for e in range(n) for j in (0, 1)}
+            shards[f"{pname}.w2_weight"] = {(e, 0) for e in range(n)}
+    return shards

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sglite_runtime.layers.linear import ReplicatedLinear
-from sglite_runtime.layers.moe import FusedMoE, expert_checkpoint_name, select_experts
+from sglite_runtime.layers.moe import FusedMoE, expert_checkpoint_name, required_expert_shards, select_experts
 from sglite_runtime.models.llama import LlamaDecoderLayer, LlamaMLP
 from sglite_runtime.models.qwen3 import Qwen3ForCausalLM
 
@@ -60,10 +60,4 @@ class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
 
     def required_shards(self) -> dict[str, set]:
         """Every expert's gate and up piece for ``w13``, its down weight for ``w2``."""
-        shards: dict[str, set] = {}
-        for pname, module in self.named_modules():
-            if isinstance(module, FusedMoE):
-                n = module.num_experts
-                shards[f"{pname}.w13_weight"] = {(e, j) for e in range(n) for j in (0, 1)}
-                shards[f"{pname}.w2_weight"] = {(e, 0) for e in range(n)}
-        return shards
+        return required_expert_shards(self)

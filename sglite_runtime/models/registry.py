@@ -16,6 +16,7 @@ _MODELS: dict[str, str] = {
     "Gemma3ForCausalLM": "sglite_runtime.models.gemma3:Gemma3ForCausalLM",
     "Phi3ForCausalLM": "sglite_runtime.models.phi3:Phi3ForCausalLM",
     "Qwen3MoeForCausalLM": "sglite_runtime.models.qwen3_moe:Qwen3MoeForCausalLM",
+    "MixtralForCausalLM": "sglite_runtime.models.mixtral:MixtralForCausalLM",
 }
 
 

@@ -43,6 +43,7 @@ def _config_class(arch: str):
         Gemma3TextConfig,
         LlamaConfig,
         MistralConfig,
+        MixtralConfig,
         Phi3Config,
         Qwen2Config,
         Qwen3Config,
@@ -57,6 +58,7 @@ def _config_class(arch: str):
         "gemma3": Gemma3TextConfig,
         "phi3": Phi3Config,
         "qwen3_moe": Qwen3MoeConfig,
+        "mixtral": MixtralConfig,
     }
     if arch not in classes:
         raise ValueError(f"arch must be one of {sorted(classes)}")

@@ -41,6 +41,8 @@ CASES = {
                                     norm_topk_prob=True, mlp_only_layers=[1])),
     "qwen3_moe-unnormalized": ("qwen3_moe", dict(moe_intermediate_size=16, num_experts=6, num_experts_per_tok=3,
                                                  norm_topk_prob=False, tie_word_embeddings=True)),
+    "mixtral-window": ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48,
+                                       sliding_window=9)),
     "llama-yarn": ("llama", dict(max_position_embeddings=128, rope_parameters=dict(
         rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=ORIG))),
     "qwen2-dynamic": ("qwen2", dict(max_position_embeddings=ORIG, rope_parameters=dict(
