@@ -72,6 +72,8 @@ def test_compiled_programs_run_through_the_router(router):
     assert json.loads(st["note"]) is not None and int(st["n"]) is not None
     st = entry.run("b", "y1", backend=backend, compile="auto", temperature=0)
     assert isinstance(json.loads(st["note"]), str)
+    st = entry.run("b", "y2", backend=backend, compile=True, stream=True, temperature=0)
+    assert "".join(st.text_iter("note")) == st["note"] and isinstance(json.loads(st["note"]), str)
 
     batch = [{"group": g, "item": f"{g}{i}"} for i in range(3) for g in ("a", "b")]
     states = entry.run_batch(batch, backend=backend, compile=True, temperature=0.7)

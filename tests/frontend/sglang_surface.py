@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 SNAPSHOT = os.path.join(os.path.dirname(__file__), "data", "sglang_surface.json")
 # Modules whose top-level definitions SGLang's users import; sglite keeps the same paths.
-MODULES = ("lang/ir.py", "lang/interpreter.py", "lang/choices.py", "lang/api.py")
+MODULES = ("lang/ir.py", "lang/interpreter.py", "lang/choices.py", "lang/api.py", "lang/global_config.py")
 # Classes whose public methods programs call.
 CLASSES = {"lang/interpreter.py": ("ProgramState", "ProgramStateGroup", "StreamExecutor"),
            "lang/ir.py": ("SglFunction",)}
