@@ -46,3 +46,37 @@ def test_startup_error_picks_the_exception_line(tmp_path):
                    "OSError: [Errno 98] address already in use\n[12:00:01] INFO x: bye\n")
     assert _startup_error(str(log)) == "OSError: [Errno 98] address already in use"
     assert _startup_error(None) == ""
+
+
+def test_readiness_check_ignores_a_server_that_is_not_ours():
+    """Another process answering on the port (it took the port after our check) is not ready-ness."""
+    import http.server
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    from sglite_runtime.entrypoints.launcher import ServerHandle, _wait_serving
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = json.dumps({"pid": 1}).encode() if self.path == "/server_info" else b""
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    handle = ServerHandle(ours, "127.0.0.1", other.server_address[1])
+    try:
+        with pytest.raises(ServerStartError, match="did not become healthy"):
+            _wait_serving(handle, timeout=2.0, check_pid=True)
+    finally:
+        ours.kill()
+        ours.wait()
+        other.shutdown()
