@@ -37,7 +37,10 @@ class OpenAI(BaseBackend):
                  is_chat_model: Optional[bool] = None, chat_template: Optional[ChatTemplate] = None,
                  structured_outputs: str = "sglang", **client_kwargs: Any) -> None:
         super().__init__()
-        import openai  # the real SDK; imported here so `import sglite` stays light
+        try:
+            import openai  # the real SDK; imported here so `import sglite` stays light
+        except ImportError as e:
+            raise ImportError("sglite.OpenAI needs the openai package: pip install openai") from e
 
         if structured_outputs not in (*STRUCTURED_FIELDS, "openai"):
             raise ValueError(f"structured_outputs must be 'sglang', 'vllm' or 'openai', got {structured_outputs!r}")
