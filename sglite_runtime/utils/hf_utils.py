@@ -35,6 +35,10 @@ HUB_ALLOW_PATTERNS = [
     "preprocessor_config.json",
 ]
 
+# Sub-folders (Meta's original/, ONNX/GGUF exports) and Mistral's consolidated.safetensors, a
+# second full copy of the weights in another layout.
+HUB_IGNORE_PATTERNS = ["*/*", "consolidated*"]
+
 _resolved: dict[tuple[str, str | None], str] = {}
 
 
@@ -74,6 +78,7 @@ def resolve_model_path(path: str, revision: str | None = None) -> str:
             path,
             revision=revision,
             allow_patterns=HUB_ALLOW_PATTERNS,
+            ignore_patterns=HUB_IGNORE_PATTERNS,
             local_files_only=offline,
             token=os.environ.get("HF_TOKEN") or None,
         )
@@ -82,9 +87,10 @@ def resolve_model_path(path: str, revision: str | None = None) -> str:
     except (LocalEntryNotFoundError, FileNotFoundError) as e:
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
         rev = f" at revision {revision!r}" if revision else ""
+        incomplete = f" ({e})" if type(e).__name__ == "IncompleteSnapshotError" else ""
         raise ValueError(
             f"model {path!r}{rev} is not in the Hugging Face cache {cache!r} and {why}; "
-            f"download it first (unset HF_HUB_OFFLINE) or pass a local folder"
+            f"download it first (unset HF_HUB_OFFLINE) or pass a local folder{incomplete}"
         ) from e
     except RepositoryNotFoundError as e:
         raise ValueError(f"no Hub model {path!r} (not found, or gated: set HF_TOKEN)") from e
@@ -93,12 +99,15 @@ def resolve_model_path(path: str, revision: str | None = None) -> str:
     return local
 
 
-def get_tokenizer(path: str, revision: str | None = None) -> Any:
-    """A fast HF tokenizer from a local folder or a Hub id (resolved via the cache first)."""
+def get_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """A fast HF tokenizer from a local folder or a Hub id (resolved via the cache first).
+
+    ``trust_remote_code`` (``--trust-remote-code``) lets transformers run a tokenizer class
+    shipped as Python code in the model folder; without it such a folder is an error."""
     from transformers import AutoTokenizer
 
     folder = resolve_model_path(path, revision)
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
 
 
 def load_generation_config(model_path: str, revision: str | None = None) -> dict:

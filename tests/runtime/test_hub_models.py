@@ -124,3 +124,19 @@ def test_half_precision_sharded_tied_checkpoint_loads_into_requested_dtype(tmp_p
     diff = (run_sglite_forward(model, [seq])[0] - hf_logits(ref, seq)).abs().max().item()
     assert diff <= 1e-4, diff
     assert load_model(half)[0].dtype == stored  # "auto": the config's dtype
+
+
+def test_hub_patterns_pick_only_what_serving_needs():
+    """The allow/ignore patterns, applied by huggingface_hub itself to a typical repo listing."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    repo = ["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja",
+            "consolidated.safetensors", "original/consolidated.00.pth", "original/params.json",
+            "onnx/model.safetensors", "pytorch_model.bin", "model.gguf", "README.md", ".gitattributes"]
+    picked = set(filter_repo_objects(repo, allow_patterns=hf_utils.HUB_ALLOW_PATTERNS,
+                                     ignore_patterns=hf_utils.HUB_IGNORE_PATTERNS))
+    assert picked == {"config.json", "generation_config.json", "model-00001-of-00002.safetensors",
+                      "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
+                      "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja"}
