@@ -166,3 +166,24 @@ def test_flashinfer_refused_for_sliding_window_models(tiny):
     with pytest.raises(ValueError, match="'flashinfer' does not support this model's sliding-window"):
         create_attention_backend("flashinfer", "cuda", runner)
     assert isinstance(create_attention_backend("auto", "cpu", runner), TorchNativeAttnBackend)
+
+
+@pytest.mark.parametrize("case", ["qwen2-dynamic", "phi3-longrope-partial"])
+def test_length_dependent_rope_decode_matches_hf_cached_generation(tiny, case):
+    """Decoding across the original context (28 → 40 tokens, ORIG 32) equals HF's own
+    incremental forward with a KV cache, where cached keys keep the rotation they got."""
+    _, hf, model = tiny(case)
+    seq = SEQS[2][:40]
+    runner = TinyRunner(model)
+    row = runner.new_request()
+    ours = [runner.extend([row], [seq[:28]])[0][-1]]
+    ours += [runner.decode([row], [seq[t]])[0] for t in range(28, 40)]
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor([seq[:28]]), use_cache=True)
+        ref = [out.logits[0, -1]]
+        for t in range(28, 40):
+            cache = getattr(out, "cache", None) or out.past_key_values
+            out = hf(input_ids=torch.tensor([[seq[t]]]), cache=cache, use_cache=True, position_ids=torch.tensor([[t]]))
+            ref.append(out.logits[0, -1])
+    worst = max((a - b).abs().max().item() for a, b in zip(ours, ref))
+    assert worst <= ATOL, (case, worst)
