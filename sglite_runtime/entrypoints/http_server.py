@@ -158,10 +158,13 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
         except ValueError as e:
             await agen.aclose()
             return error_response(str(e), 400, "/generate")
+        if isinstance(first, dict) and (bad := abort_status(first["meta_info"])):
+            # Refused before any token (e.g. by the scheduler once the grammar compiled): a real
+            # HTTP error, streamed or not.
+            await agen.aclose()
+            return error_response(bad[1], bad[0], "/generate")
         if not req.stream:
             await agen.aclose()
-            if isinstance(first, dict) and (bad := abort_status(first["meta_info"])):
-                return error_response(bad[1], bad[0], "/generate")
             return json_response(first)
         return StreamingResponse(_generate_sse(first, agen), media_type="text/event-stream")
 

@@ -93,13 +93,20 @@ async def _run(tm: Any, obj: GenerateReqInput, request: Request) -> list[dict]:
 
 
 async def _first(agen: Any) -> Any:
+    """The stream's first item; a request refused before any token (e.g. a max_tokens below
+    the grammar's shortest output, known once it compiled) raises APIError, so a stream
+    answers with the HTTP error instead of a 200 that ends empty."""
     try:
-        return await agen.__anext__()
+        item = await agen.__anext__()
     except StopAsyncIteration:
         return None
     except BaseException:
         await agen.aclose()
         raise
+    if isinstance(item, dict) and (bad := abort_status(item["meta_info"])):
+        await agen.aclose()
+        raise APIError(bad[0], bad[1])
+    return item
 
 
 async def _sse_stream(first: Any, agen: Any, make_chunks: Any, finish: Any) -> AsyncIterator[str]:

@@ -86,3 +86,29 @@ def test_budget_below_minimum_is_400(server, client, model):
             model=model, messages=[{"role": "user", "content": "JSON please."}], response_format=Event, max_tokens=2)
     # And the server keeps serving constrained requests.
     assert _generate(server, regex=r"(yes|no)", max_new_tokens=4).status_code == 200
+
+
+def test_streamed_budget_below_minimum_is_400(client, model):
+    # The rejection comes once the grammar is compiled, before the first chunk: still a 400.
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[0-9]{30}$"}},
+              "required": ["code"]}
+    with pytest.raises(openai.BadRequestError, match="at least"):
+        stream = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "A code."}], max_tokens=4, stream=True,
+            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}})
+        for _ in stream:
+            pass
+
+
+def test_streamed_output_closes_in_budget(client, model):
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Describe a concert as JSON."}], max_tokens=40,
+        stream=True, temperature=1.0, seed=5,
+        response_format={"type": "json_schema", "json_schema": {"name": "e", "schema": Event.model_json_schema()}})
+    text, finish = "", None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "stop"
+    Event.model_validate_json(text)
