@@ -46,9 +46,11 @@ def rope_config_from_hf(hf_config: Any, layer_type: str | None = None) -> tuple[
     None for plain RoPE.
     """
     params = getattr(hf_config, "rope_parameters", None)
-    if isinstance(params, dict) and params and "rope_theta" not in params and all(
-        isinstance(v, dict) for v in params.values()
-    ):
+    local_base = getattr(hf_config, "rope_local_base_freq", None)
+    if layer_type == "sliding_attention" and local_base and not _per_layer_type(params):
+        # transformers 4.x Gemma 3: local layers use plain RoPE of rope_local_base_freq.
+        return float(local_base), None
+    if _per_layer_type(params):
         if layer_type is None or layer_type not in params:
             raise ValueError(f"per-layer-type rope_parameters need a layer type among {sorted(params)}")
         params = params[layer_type]
@@ -63,6 +65,18 @@ def rope_config_from_hf(hf_config: Any, layer_type: str | None = None) -> tuple[
         return theta, None
     scaling["rope_type"] = rope_type
     return theta, scaling
+
+
+def _per_layer_type(params: Any) -> bool:
+    return isinstance(params, dict) and bool(params) and "rope_theta" not in params and all(
+        isinstance(v, dict) for v in params.values()
+    )
+
+
+def uses_per_layer_type_rope(hf_config: Any) -> bool:
+    """Whether RoPE differs by layer type (Gemma 3: local and global layers)."""
+    return _per_layer_type(getattr(hf_config, "rope_parameters", None)) or bool(
+        getattr(hf_config, "rope_local_base_freq", None))
 
 
 def _default_inv_freq(rotary_dim: int, base: float) -> torch.Tensor:

@@ -25,7 +25,7 @@ from sglite_runtime.layers.activation import gated_activation
 from sglite_runtime.layers.layernorm import RMSNorm
 from sglite_runtime.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from sglite_runtime.layers.radix_attention import RadixAttention
-from sglite_runtime.layers.rotary_embedding import RotaryEmbedding, rope_for_config
+from sglite_runtime.layers.rotary_embedding import RotaryEmbedding, rope_for_config, uses_per_layer_type_rope
 from sglite_runtime.layers.vocab_parallel_embedding import (
     ParallelLMHead,
     VocabParallelEmbedding,
@@ -77,11 +77,8 @@ class RopeTable:
 
     def __init__(self, config: Any, head_dim: int):
         self.config, self.head_dim = config, head_dim
-        params = getattr(config, "rope_parameters", None)
-        # Gemma 3: {"sliding_attention": {...}, "full_attention": {...}}.
-        self.per_layer_type = isinstance(params, dict) and bool(params) and all(
-            isinstance(v, dict) for v in params.values()
-        )
+        # Gemma 3: {"sliding_attention": {...}, "full_attention": {...}} (or rope_local_base_freq).
+        self.per_layer_type = uses_per_layer_type_rope(config)
         self._ropes: dict[str | None, RotaryEmbedding] = {}
 
     def get(self, layer_id: int) -> RotaryEmbedding:

@@ -161,6 +161,15 @@ def test_rope_config_new_and_legacy_forms():
     assert rope_config_from_hf(types.SimpleNamespace(rope_theta=1e6, rope_scaling=None)) == (1e6, None)
     plain = types.SimpleNamespace(rope_parameters={"rope_theta": 10000.0, "rope_type": "default"})
     assert rope_config_from_hf(plain) == (10000.0, None)
+    # Gemma 3: per layer type in transformers 5, rope_local_base_freq for local layers in 4.x.
+    linear = {"rope_type": "linear", "factor": 8.0}
+    v5 = types.SimpleNamespace(rope_parameters={
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {**linear, "rope_theta": 1e6}})
+    v4 = types.SimpleNamespace(rope_theta=1e6, rope_local_base_freq=10000.0, rope_scaling=dict(linear))
+    for cfg in (v5, v4):
+        assert rope_config_from_hf(cfg, "sliding_attention") == (10000.0, None)
+        assert rope_config_from_hf(cfg, "full_attention") == (1e6, linear)
 
 
 def test_llama3_inv_freq_matches_hf():
