@@ -101,6 +101,7 @@ class GrammarManager:
                                        whitespace_pattern=args.constrained_json_whitespace_pattern)
         self.backend = backend
         self.cache = GrammarCache(backend, compile_timeout_s=args.grammar_compile_timeout)
+        self.cache.pool.prestart(2)
         self.queue: list[tuple["Req", Any]] = []
         # Under TP every rank must release the same requests in the same step, and thread
         # timing differs per rank: compile synchronously there.
