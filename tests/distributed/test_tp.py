@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from tp_helpers import extend_then_decode, free_port, tp_forward_worker  # noqa: E402
 
-from conftest import make_model_with_tokenizer  # noqa: E402
+from model_utils import make_tiny_model_with_tokenizer  # noqa: E402  (tests/runtime is on sys.path via tests/conftest.py)
 
 LOGITS_ATOL = 1e-4  # fp32; the only difference is the summation order of the row-parallel all-reduce
 PROMPTS = ["The list of", "Hello there my friend, how", "1 2 3 4 5 6 7 8 9 10 11 12"]
@@ -31,7 +31,7 @@ PROMPTS = ["The list of", "Hello there my friend, how", "1 2 3 4 5 6 7 8 9 10 11
 @pytest.fixture(scope="module")
 def model_paths(tmp_path_factory) -> dict[int, str]:
     """kv_heads -> model. 4 query heads; kv 2 splits one KV head per rank, kv 1 replicates the only one."""
-    return {kv: make_model_with_tokenizer(str(tmp_path_factory.mktemp(f"tp-kv{kv}")), "llama", num_key_value_heads=kv)
+    return {kv: make_tiny_model_with_tokenizer(str(tmp_path_factory.mktemp(f"tp-kv{kv}")), "llama", num_key_value_heads=kv, std=0.08)[0]
             for kv in (2, 1)}
 
 
