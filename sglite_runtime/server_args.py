@@ -73,9 +73,9 @@ class ServerArgs:
     # Server behaviour
     log_level: str = "info"
     log_requests: bool = False
-    enable_metrics: bool = True
+    enable_metrics: bool = False  # SGLang's default: /metrics answers 404 unless enabled
     graceful_timeout: float = 30.0
-    watchdog_timeout: float = 300.0
+    watchdog_timeout: float = 300.0  # a forward step running longer kills the scheduler (exit 1)
     skip_server_warmup: bool = False
     num_threads: int | None = None  # torch intra-op threads in the scheduler
     # Request limits (HTTP 400/413): sequences one request may fan out to (prompts x n), and
@@ -111,6 +111,10 @@ class ServerArgs:
                 raise ValueError(f"constrained_json_whitespace_pattern is not a valid regex: {exc}") from None
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+        if self.stream_interval < 1:
+            raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
+        if not self.watchdog_timeout > 0:
+            raise ValueError(f"watchdog_timeout must be > 0 seconds, got {self.watchdog_timeout}")
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -156,5 +160,8 @@ class ServerArgs:
 def prepare_server_args(argv: list[str] | None = None) -> ServerArgs:
     parser = argparse.ArgumentParser(prog="python -m sglite.launch_server")
     ServerArgs.add_cli_args(parser)
-    return ServerArgs.from_cli_args(parser.parse_args(argv))
+    try:
+        return ServerArgs.from_cli_args(parser.parse_args(argv))
+    except ValueError as e:  # a value argparse accepted but ServerArgs refuses: same usage error
+        parser.error(str(e))
 

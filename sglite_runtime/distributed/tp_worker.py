@@ -208,6 +208,9 @@ def run_tp_scheduler_process(server_args: ServerArgs, port_args: Any, pipe_write
         # the next iteration; other ranks keep the default SIGTERM (die at once).
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     pipe_writer.send(msg)
+    from sglite_runtime.managers.watchdog import StepWatchdog
+
+    StepWatchdog(scheduler, server_args.watchdog_timeout, f"scheduler TP{tp_rank}").start()
     try:
         tp_event_loop(scheduler, io, cpu_group, stop)
     except Exception:

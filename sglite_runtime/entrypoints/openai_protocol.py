@@ -136,7 +136,13 @@ class DetokenizeRequest(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    """Native ``POST /generate`` (SGLang's contract, see frontend-spec §5)."""
+    """Native ``POST /generate`` (SGLang's contract, see frontend-spec §5).
+
+    Any other field (SGLang's ``lora_path``, ``custom_logit_processor``, ``return_hidden_states``…)
+    is a 400 naming it: each would change the answer, so it is never silently dropped.
+    """
+
+    model_config = {"extra": "forbid"}
 
     # Strict types (no coercion: "yes" is not true, 1.0 is not an integer): the TokenizerManager
     # validates the same fields strictly for every entry, and must see what the client sent.

@@ -1,4 +1,5 @@
-"""Detokenizer: token ids → text, incrementally and UTF-8 safe, with stop trimming at finish.
+"""Detokenizer: token ids → text, incrementally and UTF-8 safe, with stop trimming at finish
+(stop strings and stop regexes: ``sampling/stop.py``).
 
 Each request keeps a decode window: text is re-decoded from ``surr_offset`` so that a token
 whose bytes complete a multi-byte character (or a BPE merge that changes spacing) is rendered
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sglite_runtime.managers.io_struct import BatchStrOut, BatchTokenIDOut
+from sglite_runtime.sampling.stop import trim_stop
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +35,28 @@ class DetokenizerManager:
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self.states: dict[str, DecodeStatus] = {}
+        self.special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()) or ())
 
-    def _decode(self, ids: list[int], skip: bool) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=skip)
+    def _decode(self, ids: list[int], skip: bool, spaces: bool = False) -> str:
+        """``ids`` as text. With special tokens kept and ``spaces`` (``spaces_between_special_tokens``),
+        each special token is set apart from its neighbours by one space, as HF's slow tokenizers
+        do; fast tokenizers ignore that option, so the runs between special tokens are decoded
+        separately and joined here."""
+        if skip or not spaces or not self.special_ids.intersection(ids):
+            return self.tokenizer.decode(ids, skip_special_tokens=skip)
+        parts: list[str] = []
+        run: list[int] = []
+        for t in ids:
+            if t in self.special_ids:
+                if run:
+                    parts.append(self.tokenizer.decode(run, skip_special_tokens=False))
+                    run = []
+                parts.append(self.tokenizer.convert_ids_to_tokens(t))
+            else:
+                run.append(t)
+        if run:
+            parts.append(self.tokenizer.decode(run, skip_special_tokens=False))
+        return " ".join(parts)
 
     def handle_batch_token_id_out(self, recv: BatchTokenIDOut) -> BatchStrOut:
         texts = []
@@ -46,18 +67,20 @@ class DetokenizerManager:
                     self.states.pop(next(iter(self.states)))
                 st = self.states[rid] = DecodeStatus()
             skip = recv.skip_special_tokens[i]
+            spaces = i < len(recv.spaces_between_special_tokens) and recv.spaces_between_special_tokens[i]
             st.ids.extend(recv.new_token_ids[i])
             reason = recv.finished_reasons[i]
             if len(st.ids) > st.read_offset:
-                surr = self._decode(st.ids[st.surr_offset : st.read_offset], skip)
-                full = self._decode(st.ids[st.surr_offset :], skip)
+                surr = self._decode(st.ids[st.surr_offset : st.read_offset], skip, spaces)
+                full = self._decode(st.ids[st.surr_offset :], skip, spaces)
                 if reason is not None or not full.endswith("\ufffd"):
                     st.text += full[len(surr):]
                     st.surr_offset = st.read_offset
                     st.read_offset = len(st.ids)
             text = st.text
             if reason is not None:
-                text = self._trim(text, st, reason, skip, recv.no_stop_trim[i])
+                if not recv.no_stop_trim[i] and reason.get("type") == "stop":
+                    text = self._trim(text, st, reason, skip, spaces)
                 del self.states[rid]
             texts.append(text)
         return BatchStrOut(
@@ -67,17 +90,11 @@ class DetokenizerManager:
             output_token_logprobs=recv.output_token_logprobs, output_top_logprobs=recv.output_top_logprobs,
             input_token_logprobs=recv.input_token_logprobs, input_top_logprobs=recv.input_top_logprobs)
 
-    def _trim(self, text: str, st: DecodeStatus, reason: dict, skip: bool, no_stop_trim: bool) -> str:
-        if no_stop_trim or reason.get("type") != "stop":
-            return text
-        matched = reason.get("matched")
-        if isinstance(matched, str) and matched:
-            pos = text.find(matched)
-            return text[:pos] if pos >= 0 else text
-        if isinstance(matched, int) and st.ids:
+    def _trim(self, text: str, st: DecodeStatus, reason: dict, skip: bool, spaces: bool) -> str:
+        if isinstance(reason.get("matched"), int) and st.ids:
             # A stop token is not part of the answer; special ones are already skipped.
-            return self._decode(st.ids[:-1], skip)
-        return text
+            return self._decode(st.ids[:-1], skip, spaces)
+        return trim_stop(text, reason)
 
 
 def run_detokenizer_process(server_args: Any, port_args: Any, pipe_writer: Any) -> None:
@@ -90,7 +107,8 @@ def run_detokenizer_process(server_args: Any, port_args: Any, pipe_writer: Any) 
 
     configure_child_process(server_args, "detokenizer")
     try:
-        manager = DetokenizerManager(get_tokenizer(server_args.tokenizer_path, server_args.revision))
+        manager = DetokenizerManager(
+            get_tokenizer(server_args.tokenizer_path, server_args.revision, server_args.trust_remote_code))
         ctx = zmq.Context(2)
         recv = ctx.socket(zmq.PULL)
         recv.bind(port_args.detokenizer_ipc)

@@ -71,6 +71,8 @@ class BatchTokenIDOut(msgspec.Struct, tag=True):
     # Prompt logprobs, sent once with the first message of a request.
     input_token_logprobs: list[list[tuple[float | None, int]] | None]
     input_top_logprobs: list[list[list[tuple[float, int]] | None] | None]
+    # Per request; missing entries (outputs that carry no tokens) mean False.
+    spaces_between_special_tokens: list[bool] = msgspec.field(default_factory=list)
 
 
 class BatchStrOut(msgspec.Struct, tag=True):

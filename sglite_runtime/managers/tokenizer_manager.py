@@ -100,7 +100,7 @@ class TokenizerManager:
     def __init__(self, server_args: ServerArgs, port_args: Any, context_len: int, vocab_size: int,
                  max_total_num_tokens: int | None = None):
         self.server_args = server_args
-        self.tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.revision)
+        self.tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.revision, server_args.trust_remote_code)
         # Request fields left unset take the model's generation_config.json values (SGLang's
         # --sampling-defaults model); explicit request values always win.
         self.sampling_defaults = (

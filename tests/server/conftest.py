@@ -43,7 +43,7 @@ def start(model_path: str, tmp_path_factory: pytest.TempPathFactory, **kw: Any) 
 
     log = tmp_path_factory.mktemp("server-log") / "server.log"
     f = open(log, "w")
-    args = dict(max_total_tokens=8192, device="cpu", log_level="warning", num_threads=1) | kw
+    args = dict(max_total_tokens=8192, device="cpu", log_level="warning", num_threads=1, enable_metrics=True) | kw
     try:
         handle = launch_server(model_path, timeout=180, log_file=f, **args)
     except Exception:
