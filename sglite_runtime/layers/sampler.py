@@ -92,9 +92,6 @@ class SampleOutput:
     # [bs] float32; None for an all-greedy batch whose requests did not ask for logprobs
     # (``info.need_token_logprobs`` False): the normalizer costs as much as the argmax.
     next_token_logprobs: torch.Tensor | None
-    # [bs, vocab] log-probs (after temperature, before filtering) when return_logprobs=True;
-    # feed to logits_processor.get_top_logprobs / get_token_logprobs.
-    logprobs: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         yield self.next_token_ids
@@ -120,8 +117,6 @@ class Sampler(torch.nn.Module):
         logits: torch.Tensor,
         info: SamplingBatchInfo,
         steps: torch.Tensor | int | None = None,
-        *,
-        return_logprobs: bool = False,
     ) -> SampleOutput:
         """Sample one token per row of ``logits [bs, vocab]`` (penalties/mask already applied).
 
@@ -129,7 +124,6 @@ class Sampler(torch.nn.Module):
             logits: float logits; not modified.
             info: the batch's SamplingBatchInfo.
             steps: noise step per row; defaults to ``info.steps`` (tokens generated so far).
-            return_logprobs: also return the full ``[bs, vocab]`` log-prob tensor.
 
         Logprobs follow SGLang: greedy rows get ``log_softmax(logits)``; sampled rows get
         ``log_softmax(logits / temperature)`` before top-k/top-p/min-p filtering, both
@@ -143,9 +137,6 @@ class Sampler(torch.nn.Module):
 
         if info.is_all_greedy:
             ids = logits.argmax(dim=-1)
-            if return_logprobs:
-                full = torch.log_softmax(logits, dim=-1)
-                return SampleOutput(ids, full.gather(1, ids.view(-1, 1)).view(-1), full)
             if not info.need_token_logprobs:
                 return SampleOutput(ids, None)
             lp = logits.gather(1, ids.view(-1, 1)).view(-1) - torch.logsumexp(logits, dim=-1)
@@ -164,7 +155,7 @@ class Sampler(torch.nn.Module):
             ids = torch.where(info.is_greedy, logits.argmax(dim=-1), ids)
 
         lp = logprobs.gather(1, ids.view(-1, 1)).view(-1)
-        return SampleOutput(ids, lp, logprobs if return_logprobs else None)
+        return SampleOutput(ids, lp)
 
 
 def _filter_probs(probs: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:

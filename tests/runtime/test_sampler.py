@@ -8,13 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sglite_runtime.layers.logits_processor import (
-    compute_logprobs,
-    get_input_token_logprobs,
-    get_input_top_logprobs,
-    get_token_logprobs,
-    get_top_logprobs,
-)
 from sglite_runtime.layers.sampler import Sampler, apply_penalties, seeded_uniform
 from sglite_runtime.sampling.sampling_batch_info import SamplingBatchInfo
 from sglite_runtime.sampling.sampling_params import SamplingParams
@@ -273,7 +266,7 @@ def test_logprobs_semantics() -> None:
     logits = torch.randn(3, V)
     reqs = [make_req(temperature=0.0, seed=1), make_req(temperature=0.5, seed=2),
             make_req(temperature=2.0, top_k=3, seed=3)]
-    out = sampler(logits, info_for(reqs), return_logprobs=True)
+    out = sampler(logits, info_for(reqs))
     ids = out.next_token_ids
     assert int(ids[0]) == int(logits[0].argmax())
     want = torch.stack([
@@ -282,10 +275,9 @@ def test_logprobs_semantics() -> None:
         torch.log_softmax(logits[2] / 2.0, -1)[ids[2]],  # before top-k filtering
     ])
     assert_close(out.next_token_logprobs, want)
-    assert_close(get_token_logprobs(out.logprobs, ids), want)
     # All-greedy fast path and tuple unpacking.
     g_ids, g_lp = sampler(logits, info_for([make_req(temperature=0.0)] * 3))
-    assert_close(g_lp, compute_logprobs(logits).gather(1, g_ids[:, None]).view(-1))
+    assert_close(g_lp, torch.log_softmax(logits, -1).gather(1, g_ids[:, None]).view(-1))
 
 
 def test_greedy_logprobs_only_when_some_request_asks() -> None:
@@ -305,7 +297,7 @@ def test_greedy_logprobs_only_when_some_request_asks() -> None:
     mixed = info_for([req(False), req(True), req(False), req(False)])
     ids2, lp2 = sampler(logits, mixed)
     assert torch.equal(ids2, ids)
-    assert_close(lp2, compute_logprobs(logits).gather(1, ids[:, None]).view(-1))
+    assert_close(lp2, torch.log_softmax(logits, -1).gather(1, ids[:, None]).view(-1))
     mixed.filter([0, 2])
     assert sampler(logits[[0, 2]], mixed).next_token_logprobs is None
     quiet.merge(info_for([req(True)]))
@@ -313,34 +305,6 @@ def test_greedy_logprobs_only_when_some_request_asks() -> None:
     # Rows of unknown preference (built without from_reqs' flags) keep getting logprobs.
     quiet.logprob_rows = []
     assert quiet.need_token_logprobs
-
-
-def test_top_logprobs() -> None:
-    lp = compute_logprobs(torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 4.0, 3.0, 2.0]]))
-    top = get_top_logprobs(lp, [3, 0])
-    assert [t for _, t in top[0]] == [1, 3, 2] and top[1] == []
-    assert top[0][0][0] == pytest.approx(float(lp[0, 1]))
-    assert [v for v, _ in top[0]] == sorted([v for v, _ in top[0]], reverse=True)
-    assert len(get_top_logprobs(lp, [2, 10])[1]) == 4  # capped at vocab
-    assert get_token_logprobs(lp, [[0, 1], [2, 3]]).shape == (2, 2)
-
-
-def test_input_token_logprobs_alignment() -> None:
-    ids = [5, 1, 3, 2]
-    logits = torch.randn(4, 8)  # positions 0..3
-    full = torch.log_softmax(logits, -1)
-    got = get_input_token_logprobs(logits, ids, start=0)
-    assert got[0] == (None, 5)
-    assert [t for _, t in got] == ids
-    for j in range(1, 4):
-        assert got[j][0] == pytest.approx(float(full[j - 1, ids[j]]))
-    got2 = get_input_token_logprobs(logits[2:], ids, start=2)
-    assert got2[0] == (None, 3) and got2[1][1] == 2
-    assert got2[1][0] == pytest.approx(float(full[2, 2]))
-    tops = get_input_top_logprobs(logits, 2)
-    assert tops[0] is None and len(tops) == 4 and tops[1][0][1] == int(full[0].argmax())
-    with pytest.raises(ValueError):
-        get_input_token_logprobs(logits, ids, start=1)  # wrong number of rows
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
