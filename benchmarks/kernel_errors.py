@@ -78,21 +78,13 @@ def main() -> None:
                                 row["dtype"], h, kvh, d, page, e_ext, e_dec)  # fmt: skip
                     rows.append(row)
 
-    from kernels.activation import silu_and_mul_fwd
-    from kernels.reference import rmsnorm_ref, silu_and_mul_ref
-    from kernels.rmsnorm import rmsnorm_fwd
-
     summary = {}
     for dtype in dtypes:
         dt = str(dtype).removeprefix("torch.")
         sel = [r for r in rows if r["dtype"] == dt]
-        x = (torch.randn(16, 2048, generator=g) * 3).to(dtype).to(dev)
-        w = torch.randn(2048, generator=g).to(dtype).to(dev)
         summary[dt] = {
             "extend_attention_max_abs_err": max(r["extend_max_abs_err"] for r in sel),
             "decode_attention_max_abs_err": max(r["decode_max_abs_err"] for r in sel),
-            "rmsnorm_max_abs_err": (rmsnorm_fwd(x, w).float() - rmsnorm_ref(x, w).float()).abs().max().item(),
-            "silu_and_mul_max_abs_err": (silu_and_mul_fwd(x).float() - silu_and_mul_ref(x).float()).abs().max().item(),
         }
     result = {
         "what": "max abs error of Triton kernels vs torch references (kernels/reference.py)",

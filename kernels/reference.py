@@ -92,17 +92,3 @@ def extend_attention_ref(
         out = _gqa_attend(q_extend[start : start + ext], k, v, sm_scale, mask)
         o_extend[start : start + ext] = out.to(o_extend.dtype)
     return o_extend
-
-
-def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``x * rsqrt(mean(x^2) + eps) * weight``, computed in fp32, returned in ``x.dtype``."""
-    xf = x.float()
-    out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (out * weight.float()).to(x.dtype)
-
-
-def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
-    """``silu(x[..., :d]) * x[..., d:]`` for ``x [..., 2d]``."""
-    d = x.shape[-1] // 2
-    xf = x.float()
-    return (torch.nn.functional.silu(xf[..., :d]) * xf[..., d:]).to(x.dtype)
