@@ -511,8 +511,6 @@ def _max_token_bytes(tokenizer: Any) -> int:
 
 
 def _make_grammar_validator():
-    try:
-        from sglite_runtime.managers.grammar_manager import validate_sampling_params
-    except ImportError:
-        return None
+    from sglite_runtime.managers.grammar_manager import validate_sampling_params
+
     return validate_sampling_params

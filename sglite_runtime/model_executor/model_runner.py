@@ -99,16 +99,9 @@ class ModelRunner:
             total, total * per_token / 2**20, per_token, self.max_running_requests, self.context_len)
 
     def _create_attn_backend(self):
-        name = self.server_args.attention_backend
-        try:
-            from sglite_runtime.attention import create_attention_backend
-        except ImportError:
-            create_attention_backend = None
-        if create_attention_backend is not None:
-            return create_attention_backend(name, self.device, self)
-        from sglite_runtime.attention.torch_native import TorchNativeAttnBackend
+        from sglite_runtime.attention import create_attention_backend
 
-        return TorchNativeAttnBackend()
+        return create_attention_backend(self.server_args.attention_backend, self.device, self)
 
     def _create_cuda_graph_runner(self):
         """Decode CUDA graphs on a GPU unless --disable-cuda-graph (never on a CPU)."""
