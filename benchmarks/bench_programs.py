@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import sglite  # noqa: E402
-from sglite.lang.chat_template import ChatTemplate  # noqa: E402
+from sglite.protocol.chat_template import ChatTemplate  # noqa: E402
 
 from benchmarks.common import SHIPPED, write_results  # noqa: E402
 

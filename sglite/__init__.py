@@ -16,7 +16,7 @@ from sglite.lang.api import (
     get_server_info, image, select, separate_reasoning, set_default_backend, system, system_begin,
     system_end, user, user_begin, user_end, video,
 )
-from sglite.lang.choices import (
+from sglite.protocol.choices import (
     greedy_token_selection, token_length_normalized, unconditional_likelihood_normalized,
 )
 
@@ -34,7 +34,7 @@ __all__ = [
 # name -> (module, attribute); resolved on first access so torch stays unloaded.
 _LAZY = {
     "Engine": ("sglite_runtime.entrypoints.engine", "Engine"),
-    "Runtime": ("sglite_runtime.entrypoints.launcher", "Runtime"),
+    "Runtime": ("sglite.backend.local_runtime", "Runtime"),
     "launch_server": ("sglite_runtime.entrypoints.launcher", "launch_server"),
     "ServerArgs": ("sglite_runtime.server_args", "ServerArgs"),
     "OpenAI": ("sglite.backend.openai", "OpenAI"),

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator, Optional, Union
 
-from sglite.lang.chat_template import ChatTemplate
-from sglite.lang.choices import ChoicesDecision, ChoicesSamplingMethod
-from sglite.lang.sampling import SglSamplingParams
+from sglite.global_config import global_config
+from sglite.protocol.chat_template import ChatTemplate
+from sglite.protocol.choices import ChoicesDecision, ChoicesSamplingMethod
+from sglite.protocol.sampling import SglSamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class BaseBackend:
     @staticmethod
     def _payload(text: Any, params: SglSamplingParams, image_data: Optional[list[str]],
                  stream: bool = False) -> dict[str, Any]:
-        sp, top = params.to_srt_kwargs()
+        sp, top = params.to_srt_kwargs(global_config.skip_special_tokens_in_output,
+                                       global_config.spaces_between_special_tokens_in_out)
         payload: dict[str, Any] = {"text": text, "sampling_params": sp, **top, "stream": stream}
         if image_data:
             payload["image_data"] = image_data[0] if len(image_data) == 1 else list(image_data)

@@ -14,9 +14,9 @@ import logging
 from typing import Any, Iterator, Optional, Union
 
 from sglite.backend.base import BaseBackend, GenMeta, GenText
-from sglite.lang.chat_template import ChatTemplate
-from sglite.lang.choices import ChoicesDecision, ChoicesSamplingMethod
-from sglite.lang.sampling import _DTYPE_TABLE, SglSamplingParams, _as_list
+from sglite.protocol.chat_template import ChatTemplate
+from sglite.protocol.choices import ChoicesDecision, ChoicesSamplingMethod
+from sglite.protocol.sampling import _DTYPE_TABLE, SglSamplingParams, _as_list
 
 logger = logging.getLogger(__name__)
 

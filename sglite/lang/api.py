@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Union
 
 from sglite.global_config import global_config
-from sglite.lang.choices import ChoicesSamplingMethod, token_length_normalized
+from sglite.protocol.choices import ChoicesSamplingMethod, token_length_normalized
 from sglite.lang.function import SglFunction
 from sglite.lang.ir import (
     SglExpr, SglExprList, SglGen, SglImage, SglRoleBegin, SglRoleEnd, SglSelect, SglSeparateReasoning,
 )
-from sglite.lang.sampling import SglSamplingParams, dtype_name, json_schema_to_str, validate_regex
+from sglite.protocol.sampling import SglSamplingParams, dtype_name, json_schema_to_str, validate_regex
 
 Stop = Union[None, str, list[str]]
 
@@ -27,7 +27,7 @@ def function(func: Optional[Callable[..., Any]] = None, num_api_spec_tokens: Opt
 
 def Runtime(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - SGLang's name
     """A local server (``sglite.Runtime``); imported on call so the frontend stays light."""
-    from sglite_runtime.entrypoints.launcher import Runtime as _Runtime
+    from sglite.backend.local_runtime import Runtime as _Runtime
 
     return _Runtime(*args, **kwargs)
 

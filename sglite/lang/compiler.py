@@ -17,8 +17,8 @@ import logging
 import threading
 from typing import Any, Iterator, Optional
 
-from sglite.lang.graph import ProgramGraph
-from sglite.lang.sampling import SglSamplingParams
+from sglite.protocol.graph import ProgramGraph
+from sglite.protocol.sampling import SglSamplingParams
 from sglite.lang.tracer import NotCompilable, TracedVar, trace_program
 
 logger = logging.getLogger(__name__)

@@ -15,14 +15,14 @@ import threading
 import uuid
 from typing import Any, Optional
 
-from sglite.lang.chat_template import ChatTemplate
+from sglite.protocol.chat_template import ChatTemplate
 from sglite.lang.ir import (
     SglArgument, SglCommitLazy, SglConstantText, SglExpr, SglExprList, SglGen, SglImage,
     SglRoleBegin, SglRoleEnd, SglSelect, SglSeparateReasoning, SglVarScopeBegin, SglVarScopeEnd,
     SglVariable,
 )
 from sglite.lang.reasoning import split_reasoning
-from sglite.lang.sampling import SglSamplingParams, typed_completion
+from sglite.protocol.sampling import SglSamplingParams, typed_completion
 
 logger = logging.getLogger(__name__)
 

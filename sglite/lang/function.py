@@ -4,7 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Optional, Union
 
-from sglite.lang.sampling import SglSamplingParams
+from sglite.protocol.sampling import SglSamplingParams
 
 
 def _defaults(**kw: Any) -> SglSamplingParams:

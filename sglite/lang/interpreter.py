@@ -15,7 +15,7 @@ from typing import Any, Callable, Union
 from sglite.global_config import global_config
 from sglite.lang.executor import StreamExecutor
 from sglite.lang.program_state import ProgramState, ProgramStateGroup
-from sglite.lang.sampling import SglSamplingParams
+from sglite.protocol.sampling import SglSamplingParams
 
 logger = logging.getLogger(__name__)
 

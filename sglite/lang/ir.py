@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from sglite.lang.function import SglFunction
-from sglite.lang.sampling import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, SglSamplingParams
+from sglite.protocol.sampling import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, SglSamplingParams
 
 # SGLang's module path for these names (``from sglang.lang.ir import REGEX_INT, SglFunction``).
 __all__ = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sglite.lang.graph import REQUESTS, ProgramGraph
+from sglite.protocol.graph import REQUESTS, ProgramGraph
 
 _SHOWN_PARAMS = ("max_new_tokens", "temperature", "stop", "n", "regex", "json_schema", "dtype", "seed")
 

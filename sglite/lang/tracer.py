@@ -19,7 +19,7 @@ import linecache
 import os
 from typing import Any, Iterator, Optional, Union
 
-from sglite.lang.graph import CHOICE_METHODS, ProgramGraph, Stream
+from sglite.protocol.graph import CHOICE_METHODS, ProgramGraph, Stream
 from sglite.lang.ir import (
     SglArgument, SglCommitLazy, SglConstantText, SglExpr, SglExprList, SglGen, SglImage, SglRoleBegin,
     SglRoleEnd, SglSelect, SglVarScopeBegin, SglVarScopeEnd, SglVariable,

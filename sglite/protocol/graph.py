@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-from sglite.lang.sampling import SglSamplingParams
+from sglite.protocol.sampling import SglSamplingParams
 
 GRAPH_VERSION = 1
 

@@ -106,10 +106,13 @@ class SglSamplingParams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_srt_kwargs(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Return ``(sampling_params, top_level)`` for SGLang's ``/generate`` body."""
-        from sglite.global_config import global_config
+    def to_srt_kwargs(self, skip_special_tokens: bool = True,
+                      spaces_between_special_tokens: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return ``(sampling_params, top_level)`` for SGLang's ``/generate`` body.
 
+        The two flags are the client's ``sglite.global_config`` settings (passed in: the protocol
+        has no process-wide state; the server's program executor uses SGLang's defaults).
+        """
         regex, stop = self.regex, _as_list(self.stop)
         if self.dtype is not None:
             if regex is not None:
@@ -118,8 +121,8 @@ class SglSamplingParams:
         if regex is not None and self.json_schema is not None:
             raise ValueError("a gen may use only one of regex/dtype and json_schema")
         sp: dict[str, Any] = {
-            "skip_special_tokens": global_config.skip_special_tokens_in_output,
-            "spaces_between_special_tokens": global_config.spaces_between_special_tokens_in_out,
+            "skip_special_tokens": skip_special_tokens,
+            "spaces_between_special_tokens": spaces_between_special_tokens,
             "max_new_tokens": self.max_new_tokens,
             "n": self.n,
             "stop": stop,

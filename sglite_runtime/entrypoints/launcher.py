@@ -72,7 +72,7 @@ def launch_subprocesses(server_args: ServerArgs) -> RuntimeProcesses:
     any dead rank. Nodes with ``node_rank > 0`` run only their ranks: ``ready`` is then None.
     """
     from sglite_runtime.managers.detokenizer_manager import run_detokenizer_process
-    from sglite_runtime.managers.scheduler import run_scheduler_process
+    from sglite_runtime.entrypoints.scheduler_process import run_scheduler_process, run_tp_scheduler_process
     from sglite_runtime.utils.hf_utils import resolve_model_path
 
     # A Hub id is downloaded (or found in the cache) here, once, with a progress bar, so a bad id
@@ -94,8 +94,7 @@ def launch_subprocesses(server_args: ServerArgs) -> RuntimeProcesses:
         names.append(name)
 
     if server_args.tp_size > 1 or server_args.nnodes > 1:
-        from sglite_runtime.distributed.tp_worker import (local_tp_ranks, resolve_dist_init_addr,
-                                                          run_tp_scheduler_process)
+        from sglite_runtime.distributed.tp_worker import local_tp_ranks, resolve_dist_init_addr
 
         addr = resolve_dist_init_addr(server_args)
         for rank in local_tp_ranks(server_args):
@@ -311,41 +310,3 @@ def _wait_serving(handle: ServerHandle, timeout: float, check_pid: bool) -> None
         time.sleep(0.5)
     raise ServerStartError(f"sglite server did not become healthy within {timeout:.0f} s "
                            f"(log: {handle.log_path})") from None
-
-
-class Runtime:
-    """A local server for the frontend language, as in SGLang: ``Runtime(model_path=...)``.
-
-    ``.url`` is the server address and ``.endpoint`` a ``sglite.RuntimeEndpoint`` for
-    ``sglite.set_default_backend``. The server is shut down at interpreter exit.
-    """
-
-    def __init__(self, log_level: str = "error", launch_timeout: float = 300.0, **server_args: Any):
-        import atexit
-
-        self._handle: ServerHandle | None = launch_server(log_level=log_level, timeout=launch_timeout, **server_args)
-        self.url = self._handle.url
-        self.port = self._handle.port
-        self.pid = self._handle.process.pid
-        from sglite import RuntimeEndpoint
-
-        self.endpoint = RuntimeEndpoint(self.url, api_key=server_args.get("api_key"))
-        atexit.register(self.shutdown)
-
-    def shutdown(self) -> None:
-        """Stop the server (safe to call twice)."""
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            handle.shutdown()
-
-    def __enter__(self) -> "Runtime":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.shutdown()
-
-    def __del__(self) -> None:
-        try:
-            self.shutdown()
-        except Exception:
-            pass

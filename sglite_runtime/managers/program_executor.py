@@ -7,8 +7,9 @@ variables, joins), but the model calls are in-process ``generate_request``s:
 * a fork first pre-caches the parent's text (prefill only, ``max_new_tokens: 0``),
   then starts its branches at once, so they hit the radix cache together;
 * independent streams run concurrently and the scheduler batches their requests;
-* a select is scored by ``sglite.backend.select_scoring`` (one batched list request),
-  so its semantics are the frontend's, token for token;
+* a select sends ``sglite.protocol.select``'s scoring requests itself (one batched list
+  request, plus the unconditional one when the method needs it) and takes the protocol's
+  decision, so its semantics are the interpreter's, token for token;
 * a ``var_ref`` waits for the node that produces the variable, in any stream.
 
 Events (dicts): ``var`` (a stream published a variable), ``text`` (streaming
@@ -22,18 +23,17 @@ import asyncio
 import logging
 from typing import Any, AsyncIterator, Optional
 
-from sglite.backend.select_scoring import score_choices
-from sglite.lang import choices as choices_mod
-from sglite.lang.chat_template import ChatTemplate
-from sglite.lang.graph import PRODUCERS, ProgramGraph, validate_graph, validate_sampling_defaults
-from sglite.lang.sampling import SglSamplingParams, typed_completion
+from sglite.protocol.chat_template import ChatTemplate
+from sglite.protocol.graph import PRODUCERS, ProgramGraph, validate_graph, validate_sampling_defaults
+from sglite.protocol.sampling import SglSamplingParams, typed_completion
+from sglite.protocol.select import (
+    align_scores, method_by_name, scoring_request, select_decision, unconditional_request,
+)
 from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
 
 logger = logging.getLogger(__name__)
 
 PRECACHE_MIN_CHARS = 64  # shorter shared prefixes are not worth an extra prefill
-_METHODS = {m.name: m for m in (choices_mod.token_length_normalized, choices_mod.greedy_token_selection,
-                                choices_mod.unconditional_likelihood_normalized)}
 _NONE_PARAMS = {f: None for f in SglSamplingParams.__dataclass_fields__}
 
 
@@ -50,23 +50,13 @@ def _check_abort(meta: dict[str, Any]) -> None:
         raise RuntimeError(str(fr.get("message") or "the request was aborted"))
 
 
-class _SyncBackend:
-    """The two calls ``score_choices`` makes, served from a worker thread via the loop."""
-
-    def __init__(self, tm: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.tm = tm
-        self.loop = loop
-
-    def get_model_info(self) -> dict[str, Any]:
-        return self.tm.model_info()
-
-    def _generate_raw(self, payload: dict[str, Any]) -> Any:
-        obj = GenerateReqInput(
-            text=payload.get("text"), input_ids=payload.get("input_ids"),
-            sampling_params=payload.get("sampling_params"), return_logprob=bool(payload.get("return_logprob")),
-            logprob_start_len=payload.get("logprob_start_len"),
-            return_text_in_logprobs=bool(payload.get("return_text_in_logprobs")))
-        return asyncio.run_coroutine_threadsafe(_collect(self.tm, obj), self.loop).result()
+def _request(payload: dict[str, Any]) -> GenerateReqInput:
+    """A protocol payload (SGLang's /generate fields) as an in-process request."""
+    return GenerateReqInput(
+        text=payload.get("text"), input_ids=payload.get("input_ids"),
+        sampling_params=payload.get("sampling_params"), return_logprob=bool(payload.get("return_logprob")),
+        logprob_start_len=payload.get("logprob_start_len"),
+        return_text_in_logprobs=bool(payload.get("return_text_in_logprobs")))
 
 
 class _StreamState:
@@ -304,11 +294,15 @@ class _GraphRun:
         self._publish(st, node, name, value, [resp["meta_info"]] if n > 1 else resp["meta_info"])
 
     async def _select(self, st: _StreamState, node: dict[str, Any]) -> None:
-        loop = asyncio.get_running_loop()
-        method = _METHODS[node.get("method") or "token_length_normalized"]
-        decision = await loop.run_in_executor(
-            None, score_choices, _SyncBackend(self.tm, loop), st.text, list(node["choices"]),
-            float(node.get("temperature") or 0.0), method, None)
+        method = method_by_name(node.get("method"))
+        choices = list(node["choices"])
+        payload = scoring_request(st.text, choices, float(node.get("temperature") or 0.0))
+        scores = align_scores(st.text, choices, await _collect(self.tm, _request(payload), self.request),
+                              self.tm.model_info().get("bos_token"))
+        unconditional = None
+        if method.requires_unconditional_logprobs:
+            unconditional = await _collect(self.tm, _request(unconditional_request(scores)), self.request)
+        decision = select_decision(choices, method, scores, unconditional)
         self._append(st, decision.decision, var=node.get("name"))
         self._publish(st, node, node.get("name"), decision.decision, decision.meta_info)
 

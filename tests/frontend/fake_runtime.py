@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, Optional
 
 from sglite.backend.base import BaseBackend
-from sglite.lang.sampling import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR
+from sglite.protocol.sampling import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR
 
 # " organ" is one token, a lone space is a token: enough to exercise boundaries.
 TOKEN_RE = re.compile(r" ?[A-Za-z0-9]+| |\n|[^ \nA-Za-z0-9]|<s>")

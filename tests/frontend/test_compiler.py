@@ -13,7 +13,7 @@ from fake_runtime import CANNED, FakeBackend, FakeModel
 
 import sglite
 from sglite.lang.compiler import CompiledProgramState
-from sglite.lang.graph import MAX_NODES, ProgramGraph, validate_graph
+from sglite.protocol.graph import MAX_NODES, ProgramGraph, validate_graph
 from sglite.lang.tracer import NotCompilable
 from sglite_runtime.managers.program_executor import ProgramExecutor
 

@@ -6,7 +6,7 @@ import pytest
 
 import sglite
 from fake_runtime import FakeBackend, FakeModel
-from sglite.lang.chat_template import ChatTemplate
+from sglite.protocol.chat_template import ChatTemplate
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"

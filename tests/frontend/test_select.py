@@ -5,7 +5,7 @@ import pytest
 
 import sglite
 from fake_runtime import FakeBackend, FakeModel
-from sglite.lang.choices import (
+from sglite.protocol.choices import (
     greedy_token_selection, token_length_normalized, unconditional_likelihood_normalized,
 )
 

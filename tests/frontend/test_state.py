@@ -119,7 +119,7 @@ def test_constraints_travel_in_sampling_params(backend, model):
     assert sps[0]["regex"] == r"\d+" and sps[0]["json_schema"] is None
     assert json.loads(sps[1]["json_schema"])["properties"]["name"] == {"type": "string"}
     assert json.loads(sps[2]["json_schema"]) == {"type": "integer"}
-    assert sps[3]["regex"] == sglite.lang.sampling.REGEX_INT and sps[3]["stop"] == []
+    assert sps[3]["regex"] == sglite.protocol.sampling.REGEX_INT and sps[3]["stop"] == []
     assert json.loads(state["j"]) == {"name": "sglite"}
     with pytest.raises(Exception):
         sglite.gen("bad", regex="(")

@@ -15,7 +15,7 @@ import pytest
 
 import sglite
 from sglite.lang import ir
-from sglite.lang.sampling import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, typed_completion
+from sglite.protocol.sampling import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, typed_completion
 
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 

@@ -1,0 +1,62 @@
+"""The layers: the runtime never imports the client, the protocol never imports torch or the client.
+
+Walks every module's AST (imports inside functions and under TYPE_CHECKING count too), so a
+lazy import cannot slip past; the subprocess check proves the protocol also loads nothing heavy.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "transformers", "triton")
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [(node.lineno, node.module)] + [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return found
+
+
+def test_the_walker_sees_every_kind_of_import(tmp_path):
+    # A check that cannot fail is a defect: the walker must see plain, from-, lazy and package imports.
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text("import sglite.lang.api\nfrom sglite import RuntimeEndpoint\n"
+                              "def f():\n    from sglite.backend import x\n    import sglite\n")
+    names = [n for _, n in _imports(pkg / "m.py")]
+    assert {"sglite.lang.api", "sglite.RuntimeEndpoint", "sglite.backend", "sglite"} <= set(names)
+
+
+def test_runtime_imports_only_the_protocol_from_sglite():
+    bad = []
+    for path in sorted((ROOT / "sglite_runtime").rglob("*.py")):
+        for line, name in _imports(path):
+            if (name == "sglite" or name.startswith("sglite.")) and not (
+                    name == "sglite.protocol" or name.startswith("sglite.protocol.")):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {name}")
+    assert not bad, "the runtime imports the client:\n" + "\n".join(bad)
+
+
+def test_protocol_imports_no_torch_and_no_client():
+    bad = []
+    for path in sorted((ROOT / "sglite" / "protocol").rglob("*.py")):
+        for line, name in _imports(path):
+            if name.split(".")[0] in HEAVY or name.split(".")[0] == "sglite_runtime" or (
+                    name.startswith("sglite.") and not name.startswith("sglite.protocol")):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {name}")
+    assert not bad, "sglite.protocol must stay torch-free and client-free:\n" + "\n".join(bad)
+
+
+def test_protocol_loads_nothing_heavy():
+    code = ("import sys, importlib, pkgutil, sglite.protocol as p\n"
+            "for m in pkgutil.iter_modules(p.__path__): importlib.import_module('sglite.protocol.' + m.name)\n"
+            f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
