@@ -65,7 +65,7 @@ class Scheduler(SchedulerOutputMixin):
 
         from sglite_runtime.utils.hf_utils import get_eos_token_ids, get_tokenizer
 
-        self.tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.revision)
+        self.tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.revision, server_args.trust_remote_code)
         self.eos_token_ids = get_eos_token_ids(server_args.model_path, self.tokenizer, server_args.revision)
         self.sampler = self._make_sampler()
         self.grammar_manager = self._make_grammar_manager()
@@ -81,6 +81,7 @@ class Scheduler(SchedulerOutputMixin):
         self.num_jump_forward_tokens = 0
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generation_tokens": 0, "requests": 0}
         self.last_batch_time = time.monotonic()
+        self.step_started_at: float | None = None
         self._seed_rng = random.Random(server_args.random_seed)
 
     def _make_sampler(self):
@@ -89,10 +90,8 @@ class Scheduler(SchedulerOutputMixin):
         return Sampler()
 
     def _make_grammar_manager(self):
-        try:
-            from sglite_runtime.managers.grammar_manager import GrammarManager
-        except ImportError:
-            return None
+        from sglite_runtime.managers.grammar_manager import GrammarManager
+
         return GrammarManager(self)
 
     # ---- inputs ----------------------------------------------------------------------------
@@ -273,10 +272,13 @@ class Scheduler(SchedulerOutputMixin):
             if not self.waiting_queue and self.chunked_req is None:
                 self.new_token_ratio = self.init_new_token_ratio
             return False
+        self.step_started_at = time.monotonic()  # read by the --watchdog-timeout thread
         try:
             self.run_batch(batch)
         except Exception as e:  # fails this batch's requests only; the scheduler keeps serving
             self.fail_batch(batch, e)
+        finally:
+            self.step_started_at = None
         self.forward_ct += 1
         self.last_batch_time = time.monotonic()
         return True
@@ -353,6 +355,7 @@ def run_scheduler_process(server_args: ServerArgs, port_args: Any, pipe_writer: 
 
     from sglite_runtime.entrypoints.process_utils import configure_child_process
     from sglite_runtime.managers.io_struct import SchedulerReady, decode, encode
+    from sglite_runtime.managers.watchdog import StepWatchdog
 
     configure_child_process(server_args, f"scheduler TP{tp_rank}")
     try:
@@ -370,6 +373,7 @@ def run_scheduler_process(server_args: ServerArgs, port_args: Any, pipe_writer: 
     ready = SchedulerReady(scheduler.max_total_num_tokens, scheduler.max_running_requests,
                            scheduler.context_len, scheduler.vocab_size)
     pipe_writer.send({"status": "ready", "info": encode(ready)})
+    StepWatchdog(scheduler, server_args.watchdog_timeout).start()
     idle_checked = True
     ran = False
     try:

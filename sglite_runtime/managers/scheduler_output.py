@@ -13,6 +13,7 @@ import torch
 
 from sglite_runtime.managers.io_struct import BatchTokenIDOut
 from sglite_runtime.model_executor.forward_batch import ForwardBatch
+from sglite_runtime.sampling.stop import match_stop_text
 
 if TYPE_CHECKING:
     from sglite_runtime.managers.schedule_batch import Req, ScheduleBatch
@@ -290,23 +291,24 @@ class SchedulerOutputMixin:
             r.finished_reason = {"type": "stop", "matched": None}
         elif len(r.output_ids) >= sp.max_new_tokens:
             r.finished_reason = {"type": "length", "length": sp.max_new_tokens}
-        elif sp.stop:
-            tail = self.tokenizer.decode(r.output_ids[-(getattr(sp, "stop_str_max_len", 8) + 2):])
-            for s in sp.stop:
-                if s and s in tail:
-                    r.finished_reason = {"type": "stop", "matched": s}
-                    break
+        elif sp.stop or sp.stop_regex:
+            r.finished_reason = match_stop_text(sp, r.output_ids, self._decode_for_stop)
         if r.finished_reason is None and r.seqlen >= self.context_len:
             r.finished_reason = {"type": "length", "length": len(r.output_ids)}
 
+    def _decode_for_stop(self, ids: list[int], skip_special_tokens: bool) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
     # ---- outputs -------------------------------------------------------------------------
     def stream_output(self, reqs: list["Req"]) -> None:
+        # --stream-interval k: a streaming request is sent its first token at once, then every k.
+        interval = self.server_args.stream_interval
         entries = []
         for r in reqs:
             if r.finish_sent:
                 continue
             new = len(r.output_ids) - r.sent_len
-            if r.finished() or (r.stream and new > 0):
+            if r.finished() or (r.stream and new > 0 and (r.sent_len == 0 or new >= interval)):
                 entries.append(r)
                 r.finish_sent = r.finished()
         if not entries:
@@ -322,6 +324,7 @@ class SchedulerOutputMixin:
             out.cached_tokens.append(r.cached_tokens)
             out.skip_special_tokens.append(r.sampling_params.skip_special_tokens)
             out.no_stop_trim.append(r.sampling_params.no_stop_trim)
+            out.spaces_between_special_tokens.append(r.sampling_params.spaces_between_special_tokens)
             out.output_token_logprobs.append(r.output_token_logprobs[s:] if r.return_logprob else None)
             out.output_top_logprobs.append(
                 r.output_top_logprobs[s:] if r.return_logprob and r.top_logprobs_num > 0 else None)
