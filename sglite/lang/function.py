@@ -182,11 +182,9 @@ class SglFunction:
         cache_program(self, backend)
 
     def trace(self, *, backend: Any = None, **kwargs: Any):
-        """Record the program as an expression graph (needs ``sglite.lang.tracer``)."""
-        try:
-            from sglite.lang.tracer import trace_program  # type: ignore[attr-defined]
-        except ImportError as e:
-            raise NotImplementedError("tracing is not available in this build of sglite") from e
+        """Record the program as an expression graph (``sglite.lang.tracer``)."""
+        from sglite.lang.tracer import trace_program
+
         return trace_program(self, kwargs, backend)
 
     def __call__(self, *args: Any, **kwargs: Any):
