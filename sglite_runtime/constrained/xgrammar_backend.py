@@ -29,6 +29,7 @@ import xgrammar
 
 from sglite_runtime.constrained.base import BaseGrammar, BaseGrammarBackend, GrammarKey, MAX_SPEC_CHARS
 from sglite_runtime.constrained.cfg_closer import CfgCloser, find_completion, growth_bound
+from sglite_runtime.constrained.ebnf_check import unproductive_rules
 from sglite_runtime.constrained.json_budget import JSON_OBJECT_EBNF, MAX_GROWTH_PER_BYTE, JsonCloser
 from sglite_runtime.constrained.outlines_backend import (OutlinesGrammarBackend, num_mask_words, pack_token_ids_np,
                                                          write_row)
@@ -48,10 +49,13 @@ def check_ebnf(spec: Any) -> None:
     if len(spec) > MAX_SPEC_CHARS:
         raise ValueError(f"ebnf grammar too long ({len(spec)} > {MAX_SPEC_CHARS} characters)")
     try:
-        xgrammar.Grammar.from_ebnf(spec)
+        grammar = xgrammar.Grammar.from_ebnf(spec)
     except Exception as exc:  # xgrammar raises RuntimeError with "EBNF parser error at line ..."
         msg = str(exc).strip().splitlines()[0]
         raise ValueError(msg.split("] ", 1)[-1].split(": ", 1)[-1] if "grammar_parser" in msg else msg) from None
+    dead = unproductive_rules(grammar)
+    if dead:
+        raise ValueError(f"ebnf rule {dead[0]!r} can never end: no finite string derives from it")
 
 
 class CompiledXGrammar:

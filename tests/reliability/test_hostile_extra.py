@@ -1,0 +1,67 @@
+"""More hostile requests, found by hammering a hand-started server: each one used to stall,
+crash or silently ignore something; now each is refused with a 400 naming it (or completes),
+the server keeps serving others, and the KV pool is whole afterwards."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from reliability_utils import assert_server_well
+
+from sglite_runtime.constrained.xgrammar_backend import check_ebnf
+
+# A rule with no finite derivation: xgrammar's find_jump_forward_string looped forever on
+# these inside the scheduler (every other request stalled until the watchdog killed it).
+ENDLESS_EBNF = [
+    ('root ::= "a" root', "'root' can never end"),
+    ('root ::= x\nx ::= root', "can never end"),
+    ('root ::= "b" | "c" x\nx ::= "a" x', "'x' can never end"),  # dead only after "c"
+    ('root ::= x{2,3}\nx ::= "a" x', "can never end"),
+]
+FINE_EBNF = ['root ::= "(" root ")" | ""', 'root ::= root "a" | "b"', 'root ::= x "a"\nx ::= x | ""',
+             'root ::= ([a-z]+ | "(" root ")")* "x"? [^a]{2,3}', 'root ::= x{0,3} "y"\nx ::= "a" | "b" x']
+
+
+@pytest.mark.parametrize("spec,needle", ENDLESS_EBNF)
+def test_endless_ebnf_refused(spec, needle):
+    with pytest.raises(ValueError, match=needle):
+        check_ebnf(spec)
+
+
+@pytest.mark.parametrize("spec", FINE_EBNF)
+def test_finite_ebnf_accepted(spec):
+    check_ebnf(spec)
+
+
+def _post(url: str, path: str, body: dict, timeout: float = 30) -> httpx.Response:
+    return httpx.post(url + path, content=json.dumps(body), timeout=timeout,
+                      headers={"content-type": "application/json"})
+
+
+def test_endless_ebnf_is_400_and_never_stalls(rserver):
+    url = rserver.url
+    # Another request keeps being served meanwhile (a stalled scheduler would time it out).
+    side: list[int] = []
+
+    def other() -> None:
+        side.append(_post(url, "/generate", {"text": "hi", "sampling_params": {"max_new_tokens": 2}}).status_code)
+
+    t = threading.Thread(target=other)
+    t.start()
+    for path, body in [
+        ("/generate", {"text": "hi", "sampling_params": {"ebnf": 'root ::= "a" root', "max_new_tokens": 8}}),
+        ("/v1/completions", {"prompt": "hi", "ebnf": 'root ::= "b" | "c" x\nx ::= "a" x', "max_tokens": 8}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+                                  "ebnf": 'root ::= x\nx ::= root'}),
+    ]:
+        t0 = time.monotonic()
+        r = _post(url, path, body)
+        assert r.status_code == 400 and "can never end" in r.json()["error"]["message"], (path, r.text[:300])
+        assert time.monotonic() - t0 < 10
+    t.join(30)
+    assert side == [200]
+    assert_server_well(url)
