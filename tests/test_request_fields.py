@@ -162,3 +162,12 @@ def test_unsupported_generate_fields_are_400(field: str) -> None:
     with _app_client(ServerArgs()) as c:
         r = c.post("/generate", json={"text": "x", field: "v"})
     assert r.status_code == 400 and repr(field) in r.text and "not supported" in r.text
+
+
+@pytest.mark.parametrize("knob", ["enable_precache_with_tracing", "enable_parallel_encoding"])
+def test_unimplemented_global_config_knobs_are_refused(knob: str) -> None:
+    import sglite
+
+    with pytest.raises(AttributeError, match=knob):
+        setattr(sglite.global_config, knob, False)
+    sglite.global_config.verbosity = sglite.global_config.verbosity  # the real ones still work

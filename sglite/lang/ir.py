@@ -89,9 +89,6 @@ class SglConstantText(SglExpr):
     value: str = ""
 
 
-SglFill = SglConstantText
-
-
 @dataclass(eq=False)
 class SglExprList(SglExpr):
     """A sequence of expressions executed in order."""

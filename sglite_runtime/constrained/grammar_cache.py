@@ -148,11 +148,6 @@ class GrammarCache:
         result = entry.future.result()
         return result.error if isinstance(result, InvalidGrammar) else None
 
-    def prewarm(self, keys: list[GrammarKey]) -> None:
-        """Start compiling ``keys`` now (e.g. ``("json_object", "")`` at server start)."""
-        for key in keys:
-            self.get_or_submit(key)
-
     def __len__(self) -> int:
         return len(self._entries)
 

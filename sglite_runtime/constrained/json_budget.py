@@ -121,9 +121,6 @@ class JsonCloser:
             return ord(self.lit[0])
         return ord("}") if self.stack[-1] == "{" else ord("]")
 
-    def is_complete(self) -> bool:
-        return self.mode == _DONE
-
     # -- scanning -----------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         for b in data:
