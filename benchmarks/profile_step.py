@@ -36,7 +36,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-# Engine parts timed separately (scheduler methods; absent ones are skipped). Model time is
+# Engine parts timed separately (methods of the scheduler, its worker or its output processor;
+# absent ones are skipped). Model time is
 # ModelRunner.forward + compute_logits; the parts may nest in each other, so they need not sum.
 PARTS = ("get_next_batch_to_run", "build_forward_batch", "_sample", "stream_output")
 
@@ -51,9 +52,12 @@ class ModelTimer:
         self.by_name: dict[str, float] = {}
         for name in ("forward", "compute_logits"):
             setattr(runner, name, self._wrap(name, getattr(runner, name)))
+        owners = (scheduler, getattr(scheduler, "worker", None), getattr(scheduler, "output_processor", None))
         for name in PARTS:
-            if hasattr(scheduler, name):
-                setattr(scheduler, name, self._wrap(name, getattr(scheduler, name)))
+            for owner in owners:
+                if owner is not None and hasattr(owner, name):
+                    setattr(owner, name, self._wrap(name, getattr(owner, name)))
+                    break
 
     @property
     def total(self) -> float:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
 
         return launch_dp(server_args)
     if server_args.node_rank > 0:  # multi-node TP: this node runs its scheduler ranks only
-        from sglite_runtime.distributed.tp_worker import run_worker_node
+        from sglite_runtime.entrypoints.scheduler_process import run_worker_node
 
         return run_worker_node(server_args)
     launch_server(server_args)

@@ -279,17 +279,14 @@ class ScheduleBatch:
         last request is never retracted, so the batch always makes progress.
         """
         order = sorted(range(len(self.reqs)), key=lambda i: (len(self.reqs[i].output_ids), -len(self.reqs[i].origin_input_ids)), reverse=True)
+        from sglite_runtime.mem_cache.kv_release import release_req_kv
+
         retracted: list[int] = []
-        table = self.req_to_token_pool.req_to_token
         while len(order) > 1 and not self._fits_after(retracted):
             i = order.pop()
             r = self.reqs[i]
-            kv_len = r.seqlen - 1
-            self.allocator.free(table[r.req_pool_idx, self.tree_cache.owned_prefix_len(r):kv_len].to(torch.int64))
-            self.req_to_token_pool.free(r.req_pool_idx)
-            self.tree_cache.dec_lock_ref(r.last_node)
             # Outputs (and so the grammar state) are kept: the request re-prefills them later.
-            r.reset_for_retract()
+            release_req_kv(self.tree_cache, r, r.seqlen - 1, cache=False)
             retracted.append(i)
         keep = sorted(order)
         out = [self.reqs[i] for i in sorted(retracted)]

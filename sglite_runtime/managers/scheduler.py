@@ -1,9 +1,12 @@
 """The scheduler: continuous batching with prefill priority over a radix-cached paged KV pool.
 
-One iteration (``step``): admit waiting requests into an extend batch if any fit (prefill has
-priority), else run one decode step of every running request; then sample, update each
-request, free or cache its KV, and emit the new tokens. The ZMQ loop (``event_loop``) only
-moves messages in and out of ``step``, so tests and the in-process engine drive the same code.
+It decides; other parts act. One iteration (``step``): admit waiting requests into an extend
+batch if any fit (prefill has priority), else run one decode step of every running request;
+``ModelWorker.forward_and_sample`` runs the batch (forward, grammar mask, sample, logprobs) and
+``SchedulerOutputProcessor`` turns its ``StepResult`` into request updates and messages; the
+scheduler then applies the ``BatchOutcome`` to its queues. Every KV hand-back goes through
+``mem_cache.kv_release.release_req_kv``. The process loop (``managers/scheduler_loop.py``, one
+for any TP size) only moves messages in and out of ``step``, so tests drive the same code.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from sglite_runtime.managers.io_struct import (
 )
 from sglite_runtime.managers.schedule_batch import Req, ScheduleBatch
 from sglite_runtime.managers.schedule_policy import AddReqResult, PrefillAdder, SchedulePolicy
-from sglite_runtime.managers.scheduler_output import SchedulerOutputMixin
+from sglite_runtime.managers.scheduler_output import BatchOutcome, SchedulerOutputProcessor
+from sglite_runtime.mem_cache.kv_release import release_req_kv
 from sglite_runtime.mem_cache.radix_cache import RadixCache
 from sglite_runtime.model_executor.model_runner import ModelRunner
+from sglite_runtime.model_executor.model_worker import ModelWorker
 from sglite_runtime.sampling.sampling_params import SamplingParams, check_context_length
 from sglite_runtime.server_args import ServerArgs
 
@@ -42,7 +47,9 @@ RETRACT_DECODE_STEPS = 20
 IN_BATCH_PREFIX_LEN = 32
 
 
-class Scheduler(SchedulerOutputMixin):
+class Scheduler:
+    """Decides what runs each step; owns the queues, the running batch and the KV pools."""
+
     def __init__(self, server_args: ServerArgs, tp_rank: int = 0):
         self.server_args = server_args
         self.tp_rank = tp_rank
@@ -78,11 +85,18 @@ class Scheduler(SchedulerOutputMixin):
         self.pending_outputs: deque[BatchTokenIDOut] = deque()
         self.forward_ct = 0
         self.num_retracted = 0
-        self.num_jump_forward_tokens = 0
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generation_tokens": 0, "requests": 0}
+        self.worker = ModelWorker(mr, self.sampler, self.grammar_manager, self.eos_token_ids)
+        self.output_processor = SchedulerOutputProcessor(
+            server_args, self.tokenizer, self.context_len, self.tree_cache, self.grammar_manager,
+            self.stats, self.pending_outputs)
         self.last_batch_time = time.monotonic()
         self.step_started_at: float | None = None
         self._seed_rng = random.Random(server_args.random_seed)
+
+    @property
+    def num_jump_forward_tokens(self) -> int:
+        return self.output_processor.num_jump_forward_tokens
 
     def _make_sampler(self):
         from sglite_runtime.layers.sampler import Sampler
@@ -152,7 +166,7 @@ class Scheduler(SchedulerOutputMixin):
         self._reject_rid(req.rid, len(req.origin_input_ids), message)
 
     def _reject_rid(self, rid: str, prompt_tokens: int, message: str, status_code: int = 400) -> None:
-        self.pending_outputs.append(self._single_output(
+        self.pending_outputs.append(self.output_processor.single_output(
             rid, [], {"type": "abort", "message": message, "status_code": status_code}, prompt_tokens, 0, 0))
 
     def handle_abort(self, recv: AbortReq) -> None:
@@ -162,12 +176,12 @@ class Scheduler(SchedulerOutputMixin):
 
         for r in [r for r in self.waiting_queue if hit(r)]:
             self.waiting_queue.remove(r)
-            self.pending_outputs.append(self._single_output(
+            self.pending_outputs.append(self.output_processor.single_output(
                 r.rid, [], {"type": "abort", "message": "Abort in waiting queue"}, len(r.origin_input_ids),
                 len(r.output_ids), r.cached_tokens))
         if self.grammar_manager is not None:
             for r in self.grammar_manager.abort(hit):
-                self.pending_outputs.append(self._single_output(
+                self.pending_outputs.append(self.output_processor.single_output(
                     r.rid, [], {"type": "abort", "message": "Abort in grammar queue"}, len(r.origin_input_ids), 0, 0))
         running = self.running_batch.reqs if self.running_batch else []
         for r in list(running) + ([self.chunked_req] if self.chunked_req else []):
@@ -288,12 +302,47 @@ class Scheduler(SchedulerOutputMixin):
                     or (self.grammar_manager is not None and self.grammar_manager.has_pending()))
 
     def run_batch(self, batch: ScheduleBatch) -> None:
-        fb = self.build_forward_batch(batch)
-        hidden = self.model_runner.forward(fb)
+        result = self.worker.forward_and_sample(batch)
         if batch.forward_mode.is_extend():
-            self.process_extend_result(batch, hidden)
+            self.apply_outcome(self.output_processor.process_extend_result(batch, result))
         else:
-            self.process_decode_result(batch, hidden)
+            self.apply_outcome(self.output_processor.process_decode_result(batch, result))
+
+    def apply_outcome(self, outcome: BatchOutcome) -> None:
+        """Move a processed batch's requests where they go next: running, or the queue's front."""
+        if outcome.chunked_done:
+            self.chunked_req = None
+        for r in outcome.requeue:  # re-prefilled first (jump-forward), last requeued first
+            self.waiting_queue.insert(0, r)
+        if outcome.running is not None:
+            if self.running_batch is None or self.running_batch.is_empty():
+                self.running_batch = outcome.running
+            else:
+                self.running_batch.merge_batch(outcome.running)
+
+    def fail_batch(self, batch: ScheduleBatch, exc: BaseException) -> None:
+        """A step failed where no single request can be blamed (forward, sampling, batch
+        preparation): finish every unfinished request of ``batch`` with a server error, release
+        its KV exactly, and keep serving everyone else."""
+        logger.error("a batch of %d request(s) failed; aborting them: %r", batch.batch_size(), exc, exc_info=exc)
+        reason = {"type": "abort", "status_code": 500, "message": f"Internal error while running this request: {exc!r}"}
+        kv_lens = batch.kv_lens if len(batch.kv_lens) == len(batch.reqs) else None
+        failed = []
+        for i, r in enumerate(batch.reqs):
+            if r.finished() or (r.req_pool_idx is None and r in self.waiting_queue):
+                continue  # released already (finished, or jumped forward back to the queue)
+            release_req_kv(self.tree_cache, r, kv_lens[i] if kv_lens is not None else r.seqlen - 1, cache=False)
+            r.finished_reason = r.error_reason or reason
+            failed.append(r)
+            if r is self.chunked_req:
+                self.chunked_req = None
+        if self.running_batch is not None and any(r in failed for r in self.running_batch.reqs):
+            keep = [i for i, r in enumerate(self.running_batch.reqs) if not r.finished()]
+            if keep and self.running_batch is not batch:
+                self.running_batch.filter_batch(keep)
+            else:
+                self.running_batch = None
+        self.output_processor.stream_output(batch.reqs)
 
     # ---- control -----------------------------------------------------------------------------
     def flush_cache(self) -> bool:
@@ -345,67 +394,3 @@ class Scheduler(SchedulerOutputMixin):
         out = list(self.pending_outputs)
         self.pending_outputs.clear()
         return out
-
-
-def run_scheduler_process(server_args: ServerArgs, port_args: Any, pipe_writer: Any, tp_rank: int = 0) -> None:
-    """Process entry: PULL requests from the tokenizer manager, run batches, PUSH outputs."""
-    import traceback
-
-    import zmq
-
-    from sglite_runtime.entrypoints.process_utils import configure_child_process
-    from sglite_runtime.managers.io_struct import SchedulerReady, decode, encode
-    from sglite_runtime.managers.watchdog import StepWatchdog
-
-    configure_child_process(server_args, f"scheduler TP{tp_rank}")
-    try:
-        scheduler = Scheduler(server_args, tp_rank)
-    except Exception as e:
-        pipe_writer.send({"status": "error", "message": f"scheduler failed to start: {e!r}\n{traceback.format_exc()}"})
-        raise
-    ctx = zmq.Context(2)
-    recv = ctx.socket(zmq.PULL)
-    recv.bind(port_args.scheduler_input_ipc)
-    to_detok = ctx.socket(zmq.PUSH)
-    to_detok.connect(port_args.detokenizer_ipc)
-    to_tokenizer = ctx.socket(zmq.PUSH)
-    to_tokenizer.connect(port_args.tokenizer_ipc)
-    ready = SchedulerReady(scheduler.max_total_num_tokens, scheduler.max_running_requests,
-                           scheduler.context_len, scheduler.vocab_size)
-    pipe_writer.send({"status": "ready", "info": encode(ready)})
-    StepWatchdog(scheduler, server_args.watchdog_timeout).start()
-    idle_checked = True
-    ran = False
-    try:
-        while True:
-            msgs = []
-            # Block only when idle, so a running batch never waits on the socket; with only grammar
-            # compiles pending, wait a little instead of spinning (the spin would starve their thread).
-            timeout = 1000 if not scheduler.has_work() else (0 if ran else 5)
-            if recv.poll(timeout):
-                while True:
-                    try:
-                        msgs.append(decode(recv.recv(zmq.NOBLOCK)))
-                    except zmq.Again:
-                        break
-            for reply in scheduler.process_input_requests(msgs):
-                to_tokenizer.send(encode(reply))
-            ran = scheduler.step()
-            for out in scheduler.drain_outputs():
-                to_detok.send(encode(out))
-            if ran:
-                idle_checked = False
-            elif not scheduler.has_work() and not idle_checked:
-                idle_checked = True
-                try:
-                    scheduler.check_memory()
-                except RuntimeError as e:
-                    logger.error("%s", e)
-    except BaseException:
-        # An error no request can be blamed for (or a kill signal): exit non-zero at once, even
-        # with non-daemon threads alive (a grammar compile), so the server sees a dead child
-        # (/health 503, exit 1) instead of a live process that never answers.
-        logger.critical("scheduler crashed; exiting", exc_info=True)
-        for h in logging.getLogger().handlers:
-            h.flush()
-        os._exit(1)

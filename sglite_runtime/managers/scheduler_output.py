@@ -1,22 +1,30 @@
-"""The second half of a scheduler iteration: logits → samples → request updates → outputs.
+"""The output processor: a step's ``StepResult`` → request updates, KV hand-back and messages.
 
-Kept apart from scheduler.py so that each file holds one idea: that one decides what runs,
-this one turns a forward's hidden states into tokens, finish decisions and stream messages.
+The scheduler decides what runs; ``ModelWorker.forward_and_sample`` runs it; this class appends
+the sampled tokens, decides which requests finished, hands finished requests' KV back through
+``release_req_kv``, jumps constrained requests forward, and queues the stream messages. It
+returns what the scheduler must do with the batch (``BatchOutcome``) instead of editing the
+scheduler's queues itself.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sglite_runtime.managers.io_struct import BatchTokenIDOut
-from sglite_runtime.model_executor.forward_batch import ForwardBatch
+from sglite_runtime.mem_cache.kv_release import release_req_kv
 from sglite_runtime.sampling.stop import match_stop_text
 
 if TYPE_CHECKING:
     from sglite_runtime.managers.schedule_batch import Req, ScheduleBatch
+    from sglite_runtime.mem_cache.radix_cache import RadixCache
+    from sglite_runtime.model_executor.model_worker import StepResult
+    from sglite_runtime.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
@@ -25,118 +33,79 @@ logger = logging.getLogger(__name__)
 MIN_JUMP_TOKENS = 3
 
 
-class SchedulerOutputMixin:
-    # ---- forward inputs ------------------------------------------------------------------
-    def build_forward_batch(self, batch: "ScheduleBatch") -> ForwardBatch:
-        mr = self.model_runner
-        fb = ForwardBatch(
-            forward_mode=batch.forward_mode,
-            batch_size=batch.batch_size(),
-            input_ids=batch.input_ids,
-            positions=batch.positions,
-            out_cache_loc=batch.out_cache_loc,
-            req_pool_indices=batch.req_pool_indices,
-            seq_lens=batch.seq_lens,
-            seq_lens_cpu=batch.seq_lens_cpu,
-            req_to_token_pool=mr.req_to_token_pool,
-            token_to_kv_pool=mr.token_to_kv_pool,
-            attn_backend=mr.attn_backend,
-        )
-        if batch.forward_mode.is_extend():
-            dev = self.device
-            ext = torch.tensor(batch.extend_lens_cpu, dtype=torch.int64, device=dev)
-            fb.extend_prefix_lens = torch.tensor(batch.prefix_lens_cpu, dtype=torch.int64, device=dev)
-            fb.extend_seq_lens = ext
-            fb.extend_start_loc = torch.cumsum(ext, 0) - ext
-            fb.extend_prefix_lens_cpu = batch.prefix_lens_cpu
-            fb.extend_seq_lens_cpu = batch.extend_lens_cpu
-        return fb
+@dataclass
+class BatchOutcome:
+    """What the scheduler must do with a batch after its result was processed."""
 
-    # ---- sampling ------------------------------------------------------------------------
-    def _sample(self, batch: "ScheduleBatch", logits: torch.Tensor):
-        from sglite_runtime.sampling.penalties import apply_penalties
-        from sglite_runtime.sampling.sampling_batch_info import SamplingBatchInfo
+    running: "ScheduleBatch | None" = None  # an extend's requests that go on decoding
+    requeue: "list[Req]" = field(default_factory=list)  # jumped forward: to the queue's front
+    chunked_done: bool = False  # the chunked request finished mid-prefill (aborted)
 
-        if batch.sampling_info is None:
-            batch.sampling_info = SamplingBatchInfo.from_reqs(
-                batch.reqs, self.vocab_size, self.device, eos_token_ids=sorted(self.eos_token_ids))
-        info = batch.sampling_info
-        if logits.shape[-1] > self.vocab_size:
-            logits = logits[:, : self.vocab_size]
-        if logits.is_inference():
-            # Penalties and grammar masks update logits in place, which torch forbids on
-            # inference tensors outside inference mode: work on a normal copy.
-            logits = logits.clone()
-        apply_penalties(logits, info)
-        if self.grammar_manager is not None:
-            self.grammar_manager.apply_mask(batch.reqs, logits)
-        out = self.sampler(logits, info)
-        keep = None
-        if batch.forward_mode.is_extend() and any(r.is_chunked for r in batch.reqs):
-            keep = torch.tensor([not r.is_chunked for r in batch.reqs], device=logits.device)
-        info.cumulate_output_tokens(out.next_token_ids, keep)
-        return out, logits
+
+class SchedulerOutputProcessor:
+    """Turns step results into request state and ``BatchTokenIDOut`` messages.
+
+    Args:
+        server_args: read for ``--stream-interval``.
+        tokenizer: decodes output tails for stop strings.
+        context_len: a request reaching it finishes with ``length``.
+        tree_cache: where finished requests' KV goes (``release_req_kv``).
+        grammar_manager: accepts constrained tokens, gives forced runs (None: no grammars).
+        stats: the scheduler's counters (``generation_tokens`` is counted here).
+        pending_outputs: where messages are queued for the event loop.
+    """
+
+    def __init__(self, server_args: "ServerArgs", tokenizer: Any, context_len: int, tree_cache: "RadixCache",
+                 grammar_manager: Any, stats: dict[str, int], pending_outputs: "deque[BatchTokenIDOut]"):
+        self.server_args = server_args
+        self.tokenizer = tokenizer
+        self.context_len = context_len
+        self.tree_cache = tree_cache
+        self.grammar_manager = grammar_manager
+        self.stats = stats
+        self.pending_outputs = pending_outputs
+        self.num_jump_forward_tokens = 0
 
     # ---- extend --------------------------------------------------------------------------
-    def process_extend_result(self, batch: "ScheduleBatch", hidden: torch.Tensor) -> None:
-        rows: list[int] = []
-        last_rows: list[int] = []
-        lp_spans: dict[int, tuple[int, int, int]] = {}
-        start = 0
-        for i, r in enumerate(batch.reqs):
-            p, n = batch.prefix_lens_cpu[i], batch.extend_lens_cpu[i]
-            if r.wants_input_logprobs():
-                first_pos = max(r.logprob_start_len - 1, p)
-                lo = len(rows)
-                rows.extend(range(start + first_pos - p, start + n))
-                lp_spans[i] = (lo, len(rows), first_pos)
-            else:
-                rows.append(start + n - 1)
-            last_rows.append(len(rows) - 1)
-            start += n
-        logits_all = self.model_runner.compute_logits(hidden[torch.tensor(rows, device=hidden.device)])
-        if lp_spans:
-            self._collect_input_logprobs(batch, logits_all, lp_spans)
-        logits = logits_all[torch.tensor(last_rows, device=logits_all.device)]
-        out, logits = self._sample(batch, logits)
-        next_ids = out.next_token_ids.tolist()
-
+    def process_extend_result(self, batch: "ScheduleBatch", res: "StepResult") -> BatchOutcome:
+        if res.input_logprob_spans:
+            self._collect_input_logprobs(batch, res)
+        next_ids = res.next_token_ids_list()
+        outcome = BatchOutcome()
         keep: list[int] = []
         for i, r in enumerate(batch.reqs):
             if r.is_chunked:
                 self.tree_cache.cache_unfinished_req(r)
                 if r.to_abort:
-                    self._finish_without_output(
+                    self.finish_without_output(
                         r, r.error_reason or {"type": "abort", "message": "Abort before prefill finished"})
-                    self.chunked_req = None
+                    outcome.chunked_done = True
                 continue
             if r.sampling_params.max_new_tokens == 0 or r.to_abort:
                 reason = ((r.error_reason or {"type": "abort", "message": "Abort"}) if r.to_abort
                           else {"type": "length", "length": 0})
-                self._finish_without_output(r, reason)
+                self.finish_without_output(r, reason)
                 continue
-            self._append_and_check(r, next_ids[i], out, logits, i)
+            self._append_and_check(r, next_ids[i], res, res.logits, i)
             if r.finished():
-                self.tree_cache.cache_finished_req(r)
+                release_req_kv(self.tree_cache, r, r.seqlen - 1, cache=True)
             else:
                 self.tree_cache.cache_unfinished_req(r)
                 if not self._jump_forward(r):
                     keep.append(i)
+                elif not r.finished():
+                    outcome.requeue.append(r)
         self.stream_output(batch.reqs)
-        if not keep:
-            return
-        batch.output_ids = out.next_token_ids.to(torch.int64)
-        batch.filter_batch(keep)
-        if self.running_batch is None or self.running_batch.is_empty():
-            self.running_batch = batch
-        else:
-            self.running_batch.merge_batch(batch)
+        if keep:
+            batch.output_ids = res.next_token_ids.to(torch.int64)
+            batch.filter_batch(keep)
+            outcome.running = batch
+        return outcome
 
-    def _collect_input_logprobs(self, batch, logits_all: torch.Tensor, spans) -> None:
-        logprobs = torch.log_softmax(logits_all[:, : self.vocab_size].float(), dim=-1)
-        for i, (lo, hi, first_pos) in spans.items():
+    def _collect_input_logprobs(self, batch: "ScheduleBatch", res: "StepResult") -> None:
+        for i, (lo, hi, first_pos) in res.input_logprob_spans.items():
             try:
-                self._input_logprobs_one(batch.reqs[i], logprobs, lo, hi, first_pos)
+                self._input_logprobs_one(batch.reqs[i], res.input_logprobs, lo, hi, first_pos)
             except Exception as e:  # this request fails alone (finished by the extend loop)
                 self.fail_req(batch.reqs[i], e)
 
@@ -161,22 +130,29 @@ class SchedulerOutputMixin:
             r.input_top_logprobs.extend([None] * len(qs))
 
     # ---- decode --------------------------------------------------------------------------
-    def process_decode_result(self, batch: "ScheduleBatch", hidden: torch.Tensor) -> None:
-        logits = self.model_runner.compute_logits(hidden)
-        out, logits = self._sample(batch, logits)
-        next_ids = out.next_token_ids.tolist()
+    def process_decode_result(self, batch: "ScheduleBatch", res: "StepResult", kv_extra: int = 0) -> BatchOutcome:
+        """Append each request's token; finished and jumped-forward requests leave ``batch``.
+
+        ``kv_extra``: steps already run past this one for these requests (overlap scheduling),
+        whose KV a finishing request also releases.
+        """
+        next_ids = res.next_token_ids_list()
+        outcome = BatchOutcome()
         keep: list[int] = []
         for i, r in enumerate(batch.reqs):
-            self._append_and_check(r, next_ids[i], out, logits, i)
+            self._append_and_check(r, next_ids[i], res, res.logits, i)
             if r.finished():
-                self.tree_cache.cache_finished_req(r)
+                release_req_kv(self.tree_cache, r, r.seqlen - 1 + kv_extra, cache=True)
             elif not self._jump_forward(r):
                 keep.append(i)
+            elif not r.finished():
+                outcome.requeue.append(r)
         self.stream_output(batch.reqs)
-        batch.output_ids = out.next_token_ids.to(torch.int64)
+        batch.output_ids = res.next_token_ids.to(torch.int64)
         batch.filter_batch(keep)
+        return outcome
 
-    def _append_and_check(self, r: "Req", token: int, out, logits: torch.Tensor, i: int) -> None:
+    def _append_and_check(self, r: "Req", token: int, out: Any, logits: torch.Tensor, i: int) -> None:
         """Append the sampled token and decide whether ``r`` is finished; an exception here
         (logprobs, grammar, stop matching) finishes ``r`` alone with a 500, never the batch."""
         try:
@@ -193,39 +169,7 @@ class SchedulerOutputMixin:
         r.error_reason = {"type": "abort", "status_code": 500,
                           "message": f"Internal error while running this request: {exc!r}"}
 
-    def fail_batch(self, batch: "ScheduleBatch", exc: BaseException) -> None:
-        """A step failed where no single request can be blamed (forward, sampling, batch
-        preparation): finish every unfinished request of ``batch`` with a server error, release
-        its KV exactly, and keep serving everyone else."""
-        logger.error("a batch of %d request(s) failed; aborting them: %r", batch.batch_size(), exc, exc_info=exc)
-        reason = {"type": "abort", "status_code": 500, "message": f"Internal error while running this request: {exc!r}"}
-        table = self.req_to_token_pool.req_to_token
-        kv_lens = batch.kv_lens if len(batch.kv_lens) == len(batch.reqs) else None
-        failed = []
-        for i, r in enumerate(batch.reqs):
-            if r.finished() or (r.req_pool_idx is None and r in self.waiting_queue):
-                continue  # released already (finished, or jumped forward back to the queue)
-            if r.req_pool_idx is not None:
-                kv_len = kv_lens[i] if kv_lens is not None else r.seqlen - 1
-                own = self.tree_cache.owned_prefix_len(r)
-                self.allocator.free(table[r.req_pool_idx, own:kv_len].to(torch.int64))
-                self.req_to_token_pool.free(r.req_pool_idx)
-            if r.last_node is not None:
-                self.tree_cache.dec_lock_ref(r.last_node)
-            r.reset_for_retract()
-            r.finished_reason = r.error_reason or reason
-            failed.append(r)
-            if r is self.chunked_req:
-                self.chunked_req = None
-        if self.running_batch is not None and any(r in failed for r in self.running_batch.reqs):
-            keep = [i for i, r in enumerate(self.running_batch.reqs) if not r.finished()]
-            if keep and self.running_batch is not batch:
-                self.running_batch.filter_batch(keep)
-            else:
-                self.running_batch = None
-        self.stream_output(batch.reqs)
-
-    def _append_token(self, r: "Req", token: int, out, logits: torch.Tensor, i: int) -> None:
+    def _append_token(self, r: "Req", token: int, out: Any, logits: torch.Tensor, i: int) -> None:
         r.output_ids.append(token)
         self.stats["generation_tokens"] += 1
         if r.grammar is not None:
@@ -239,10 +183,11 @@ class SchedulerOutputMixin:
                 r.output_top_logprobs.append(list(zip(tv.tolist(), ti.tolist())))
 
     def _jump_forward(self, r: "Req") -> bool:
-        """Append the tokens the grammar forces and requeue the request as an extend.
+        """Append the tokens the grammar forces; the request then leaves its batch.
 
         Its computed KV goes to the radix tree first, so the re-prefill only computes the
-        forced tokens. Returns True when the request left the running batch.
+        forced tokens. Returns True when the request left the running batch (finished, or to
+        be requeued as an extend by the scheduler).
         """
         if r.grammar is None or self.grammar_manager is None:
             return False
@@ -250,13 +195,7 @@ class SchedulerOutputMixin:
         forced = self.grammar_manager.forced_tokens(r)[: max(budget, 0)]
         if len(forced) < MIN_JUMP_TOKENS:
             return False
-        r.fill_ids = r.origin_input_ids + r.output_ids[:-1]  # every token that has KV
-        self.tree_cache.cache_unfinished_req(r)
-        own = r.prefix_indices[self.tree_cache.owned_prefix_len(r):]
-        self.allocator.free(own)
-        self.req_to_token_pool.free(r.req_pool_idx)
-        self.tree_cache.dec_lock_ref(r.last_node)
-        r.reset_for_retract()
+        release_req_kv(self.tree_cache, r, r.seqlen - 1, cache=True)  # every token that has KV
         for t in forced:
             r.output_ids.append(t)
             self.grammar_manager.accept(r, t)
@@ -270,14 +209,12 @@ class SchedulerOutputMixin:
             # Done without another forward; its KV was already released above.
             r.finished_reason = ((r.error_reason or {"type": "abort", "message": r.to_abort_message}) if r.to_abort
                                  else {"type": "stop", "matched": None})
-            return True
-        self.waiting_queue.insert(0, r)
         return True
 
-    def _finish_without_output(self, r: "Req", reason: dict) -> None:
+    def finish_without_output(self, r: "Req", reason: dict) -> None:
         """Release a request whose row holds KV for exactly ``fill_ids`` (no sampled token)."""
         r.finished_reason = reason
-        self.tree_cache.cache_finished_req(r, token_ids=r.fill_ids)
+        release_req_kv(self.tree_cache, r, len(r.fill_ids), cache=True)
 
     # ---- finish --------------------------------------------------------------------------
     def check_finished(self, r: "Req") -> None:
@@ -336,7 +273,7 @@ class SchedulerOutputMixin:
             r.sent_len = len(r.output_ids)
         self.pending_outputs.append(out)
 
-    def _single_output(self, rid: str, ids: list[int], reason: dict | None, prompt: int, completion: int,
+    def single_output(self, rid: str, ids: list[int], reason: dict | None, prompt: int, completion: int,
                        cached: int) -> BatchTokenIDOut:
         return BatchTokenIDOut([rid], [ids], [reason], [prompt], [completion], [cached], [True], [False],
                                [None], [None], [None], [None])

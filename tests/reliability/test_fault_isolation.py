@@ -42,14 +42,14 @@ def _is_500(res) -> bool:
 
 
 def test_exception_in_one_requests_token_handling_fails_only_it(scheduler, reference, monkeypatch):
-    original = type(scheduler)._append_token
+    original = type(scheduler.output_processor)._append_token
 
     def flaky(self, r, token, out, logits, i):
         original(self, r, token, out, logits, i)
         if r.rid == "bad" and len(r.output_ids) == 3:
             raise RuntimeError("injected: logprob of a cursed token")
 
-    monkeypatch.setattr(type(scheduler), "_append_token", flaky)
+    monkeypatch.setattr(type(scheduler.output_processor), "_append_token", flaky)
     res = _run_with_bad(scheduler, ["bad"])
     assert _is_500(res["bad"]) and "cursed" in res["bad"].finish_reason["message"]
     for rid in PROMPTS:
@@ -57,14 +57,14 @@ def test_exception_in_one_requests_token_handling_fails_only_it(scheduler, refer
 
 
 def test_exception_in_prompt_logprobs_fails_only_it(scheduler, reference, monkeypatch):
-    original = type(scheduler)._input_logprobs_one
+    original = type(scheduler.output_processor)._input_logprobs_one
 
     def flaky(self, r, *a):
         if r.rid == "bad":
             raise IndexError("injected: prompt logprobs")
         return original(self, r, *a)
 
-    monkeypatch.setattr(type(scheduler), "_input_logprobs_one", flaky)
+    monkeypatch.setattr(type(scheduler.output_processor), "_input_logprobs_one", flaky)
     res = _run_with_bad(scheduler, ["bad"], return_logprob=True, logprob_start_len=0)
     assert _is_500(res["bad"]) and res["bad"].output_ids == []
     for rid in PROMPTS:
