@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
 from sglite_runtime.entrypoints.http_utils import error_response, json_response
-from sglite_runtime.entrypoints.openai_chat import chat_completion, render_chat
+from sglite_runtime.entrypoints.openai_chat import _response_format_schema, chat_completion, render_chat
 from sglite_runtime.entrypoints.openai_common import (APIError, _check_model, _Deltas, _finish, _first, _run,
                                                       _sampling, _sse_stream, _usage)
 from sglite_runtime.entrypoints.openai_protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
@@ -114,13 +114,15 @@ async def _completions(tm: Any, req: CompletionRequest, request: Request) -> Res
         raise APIError(400, "best_of is not supported.", "best_of")
     if req.suffix:
         raise APIError(400, "suffix is not supported.", "suffix")
+    if req.tools is not None:
+        raise APIError(400, "tools are not supported on /v1/completions; use /v1/chat/completions.", "tools")
     lp = req.logprobs
     if lp is not None and not 0 <= lp <= 20:
         raise APIError(400, f"logprobs must be in [0, 20], got {lp}.", "logprobs")
     obj = GenerateReqInput(
         text=(texts if batch else texts[0]) if texts is not None else None,
         input_ids=(ids_list if batch else ids_list[0]) if ids_list is not None else None,
-        sampling_params=_sampling(req, req.max_tokens), rid=req.rid, return_logprob=lp is not None,
+        sampling_params=_sampling(req, req.max_tokens, _response_format_schema(req)), rid=req.rid, return_logprob=lp is not None,
         logprob_start_len=0 if (req.echo and lp is not None) else -1, top_logprobs_num=lp or 0,
         return_text_in_logprobs=True, stream=req.stream)
     # Echo text is decoded lazily: the ids are validated by the TokenizerManager first.

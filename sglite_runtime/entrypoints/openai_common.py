@@ -56,7 +56,8 @@ def _sampling(req: SGLangExtras, max_tokens: int | None, json_schema: str | None
         "presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty,
         "stop": req.stop, "stop_token_ids": req.stop_token_ids, "ignore_eos": req.ignore_eos,
         "skip_special_tokens": req.skip_special_tokens, "no_stop_trim": req.no_stop_trim, "n": req.n,
-        "seed": req.seed, "logit_bias": req.logit_bias, **_constraints(req, json_schema),
+        "seed": req.seed, "logit_bias": req.logit_bias, "stop_regex": req.stop_regex,
+        **_constraints(req, json_schema),
     }
     return {k: v for k, v in sp.items() if v is not None or k == "max_new_tokens"}
 

@@ -36,6 +36,7 @@ class SGLangExtras(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    stop_regex: str | list[str] | None = None
     rid: str | None = None
 
 
@@ -43,7 +44,8 @@ class CompletionRequest(SGLangExtras):
     """``POST /v1/completions``."""
 
     model: str | None = None
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    # Strict: pydantic would read ``[true]`` as token id 1.
+    prompt: Union[str, list[str], list[StrictInt], list[list[StrictInt]]]
     max_tokens: int | None = 16
     temperature: float = 1.0
     top_p: float = 1.0
@@ -60,6 +62,8 @@ class CompletionRequest(SGLangExtras):
     best_of: int | None = None
     suffix: str | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None  # vLLM accepts it here too
+    tools: list[Any] | None = None  # refused by name: completions have no tool calling
 
 
 class ChatMessage(BaseModel):

@@ -65,3 +65,28 @@ def test_endless_ebnf_is_400_and_never_stalls(rserver):
     t.join(30)
     assert side == [200]
     assert_server_well(url)
+
+
+def test_openai_fields_are_honoured_or_refused(rserver):
+    """Fields the /v1 routes used to drop silently (each changes what the client gets)."""
+    url = rserver.url
+    # [true] was read as token id 1 by the lax pydantic model.
+    r = _post(url, "/v1/completions", {"prompt": [True], "max_tokens": 2})
+    assert r.status_code == 400, r.text[:300]
+    # Completions have no tool calling: refused by name instead of ignored.
+    r = _post(url, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "tools": [{"type": "function"}]})
+    assert r.status_code == 400 and "tools" in r.json()["error"]["message"], r.text[:300]
+    # response_format on /v1/completions (vLLM's field) constrains the output like on chat.
+    r = _post(url, "/v1/completions", {"prompt": "hi", "max_tokens": 40, "temperature": 1.0, "seed": 3,
+                                       "response_format": {"type": "json_object"}})
+    assert r.status_code == 200, r.text[:300]
+    assert isinstance(json.loads(r.json()["choices"][0]["text"]), dict), r.text[:300]
+    # stop_regex (SGLang's field) reaches the sampler on both routes: validated, then applied.
+    for path, body in [("/v1/completions", {"prompt": "hi"}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})]:
+        r = _post(url, path, body | {"max_tokens": 8, "stop_regex": "("})
+        assert r.status_code == 400 and "stop_regex" in r.json()["error"]["message"], (path, r.text[:300])
+        r = _post(url, path, body | {"max_tokens": 8, "stop_regex": "[\\s\\S]", "ignore_eos": True})
+        assert r.status_code == 200, r.text[:300]
+        assert r.json()["choices"][0]["finish_reason"] == "stop" and r.json()["usage"]["completion_tokens"] == 1, r.text
+    assert_server_well(url)
