@@ -15,14 +15,15 @@ import threading
 import uuid
 from typing import Any, Optional
 
-from sglite.protocol.chat_template import ChatTemplate
 from sglite.lang.ir import (
     SglArgument, SglCommitLazy, SglConstantText, SglExpr, SglExprList, SglGen, SglImage,
     SglRoleBegin, SglRoleEnd, SglSelect, SglSeparateReasoning, SglVarScopeBegin, SglVarScopeEnd,
     SglVariable,
 )
 from sglite.lang.reasoning import split_reasoning
+from sglite.protocol.chat_template import ChatTemplate
 from sglite.protocol.sampling import SglSamplingParams, typed_completion
+from sglite.protocol.stream_state import StreamText
 
 logger = logging.getLogger(__name__)
 
@@ -67,21 +68,14 @@ class StreamExecutor:
             chat_template = backend.chat_template if backend is not None else ChatTemplate()
         self.chat_template = chat_template
 
-        self.text_ = ""
+        self.tx = StreamText()  # text, messages, roles, var scopes: shared with the program executor
         self.variables: dict[str, Any] = {}
         self.variable_events: dict[str, threading.Event] = {}
         # Per-node events: a name generated twice must not be released by the first gen.
         self._node_events: dict[int, list[threading.Event]] = {}
         self.meta_info: dict[str, Any] = {}
         self.stream_chunks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        self.messages_: list[dict[str, Any]] = []
-        self.role_history: list[str] = []
-        self.cur_role: Optional[str] = None
-        self.cur_role_begin_pos = 0
-        self.cur_role_images: list[str] = []
         self.images_: list[str] = []
-        self.var_scope_begin: dict[str, tuple[int, SglExpr]] = {}
-        self.fork_start_text_pos: Optional[int] = None
         self.error_: Optional[BaseException] = None
         self.failed_vars: set[str] = set()
         self.finished = False
@@ -93,6 +87,23 @@ class StreamExecutor:
             self.worker = threading.Thread(target=self._worker, name=f"sglite-stream-{self.sid[:8]}",
                                            daemon=True)
             self.worker.start()
+
+    # The stream's text lives in ``self.tx``; these names are what the program state reads.
+    @property
+    def text_(self) -> str:
+        return self.tx.text
+
+    @text_.setter
+    def text_(self, value: str) -> None:
+        self.tx.text = value
+
+    @property
+    def messages_(self) -> list[dict[str, Any]]:
+        return self.tx.messages
+
+    @property
+    def fork_start_text_pos(self) -> Optional[int]:
+        return self.tx.fork_start
 
     # -- user-thread API ----------------------------------------------------
     def submit(self, expr: SglExpr) -> None:
@@ -218,18 +229,12 @@ class StreamExecutor:
             child = StreamExecutor(self.backend, self.arguments, self.default_sampling_params,
                                    self.stream, self.chat_template, self.use_thread)
             with self.cond:
-                child.text_ = self.text_
+                child.tx = self.tx.fork()
                 child.variables = copy.copy(self.variables)
                 child.meta_info = copy.copy(self.meta_info)
-                child.messages_ = copy.deepcopy(self.messages_)
-                child.role_history = list(self.role_history)
-                child.cur_role = self.cur_role
-                child.cur_role_begin_pos = self.cur_role_begin_pos
-                child.cur_role_images = list(self.cur_role_images)
                 child.images_ = list(self.images_)
                 child.error_ = self.error_
                 child.failed_vars = set(self.failed_vars)
-            child.fork_start_text_pos = len(child.text_)
             for name in child.variables:
                 child.variable_events[name] = threading.Event()
                 child.variable_events[name].set()
@@ -306,14 +311,14 @@ class StreamExecutor:
         elif isinstance(expr, SglImage):
             data = expr.to_base64()
             self.images_.append(data)
-            self.cur_role_images.append(data)
+            self.tx.role_image(data)
             self._append(self.chat_template.image_token or "")
         elif isinstance(expr, SglVarScopeBegin):
-            self.var_scope_begin[expr.name] = (len(self.text_), expr)
+            self.tx.var_begin(expr.name, expr)
         elif isinstance(expr, SglVarScopeEnd):
-            begin_node = self.var_scope_begin.pop(expr.name, None)
-            start, node = begin_node if begin_node else (len(self.text_), None)
-            self._publish(expr.name, self.text_[start:], node=node)
+            with self.cond:
+                captured, node = self.tx.var_end(expr.name)
+            self._publish(expr.name, captured, node=node)
         elif isinstance(expr, SglSeparateReasoning):
             self._execute_separate_reasoning(expr)
         elif isinstance(expr, SglCommitLazy):
@@ -330,7 +335,7 @@ class StreamExecutor:
         which only works when the gen opens an assistant message (as in SGLang)."""
         if not getattr(self.backend, "is_chat_model", False):
             return self.text_
-        if self.cur_role != "assistant" or self.text_[self.cur_role_begin_pos:].strip():
+        if self.tx.cur_role != "assistant" or self.text_[self.tx.cur_role_begin_pos:].strip():
             raise ValueError("on a chat model a gen must be the whole content of an assistant message: "
                              "s += sglite.assistant(sglite.gen(...))")
         return list(self.messages_)
@@ -399,26 +404,11 @@ class StreamExecutor:
             self._publish(expr.process_name_for_reasoning(name), reasoning, node=expr)
 
     def _execute_role_begin(self, role: str) -> None:
-        if self.cur_role is not None:
-            raise AssertionError(f"role {role!r} begins inside role {self.cur_role!r}; roles cannot nest")
-        self._append(self.chat_template.prefix(role, tuple(self.role_history)))
-        self.cur_role = role
-        self.cur_role_begin_pos = len(self.text_)
-        self.cur_role_images = []
+        with self.cond:
+            self.tx.role_begin(role, self.chat_template)
+            self.cond.notify_all()
 
     def _execute_role_end(self, role: str) -> None:
-        if self.cur_role != role:
-            raise AssertionError(f"role {role!r} ends but the open role is {self.cur_role!r}")
-        content_text = self.text_[self.cur_role_begin_pos:].lstrip()
-        self._append(self.chat_template.suffix(role, tuple(self.role_history)))
-        if self.cur_role_images:
-            content: Any = [{"type": "text", "text": content_text}] + [
-                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{img}"}}
-                for img in self.cur_role_images
-            ]
-        else:
-            content = content_text
-        self.messages_.append({"role": role, "content": content})
-        self.role_history.append(role)
-        self.cur_role = None
-        self.cur_role_images = []
+        with self.cond:
+            self.tx.role_end(role, self.chat_template)
+            self.cond.notify_all()

@@ -29,6 +29,7 @@ from sglite.protocol.sampling import SglSamplingParams, typed_completion
 from sglite.protocol.select import (
     align_scores, method_by_name, scoring_request, select_decision, unconditional_request,
 )
+from sglite.protocol.stream_state import StreamText, static_prefix
 from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
 
 logger = logging.getLogger(__name__)
@@ -60,33 +61,26 @@ def _request(payload: dict[str, Any]) -> GenerateReqInput:
 
 
 class _StreamState:
-    """Mutable state of one stream: mirrors the interpreter's StreamExecutor fields."""
+    """One stream: its ``StreamText`` (shared with the interpreter) plus variables and status."""
 
     def __init__(self, sid: int, nodes: list[dict[str, Any]]) -> None:
         self.sid = sid
         self.nodes = nodes
-        self.text = ""
+        self.tx = StreamText()
         self.vars: dict[str, Any] = {}
         self.metas: dict[str, Any] = {}
-        self.messages: list[dict[str, Any]] = []
-        self.role_history: list[str] = []
-        self.cur_role: Optional[str] = None
-        self.cur_role_begin_pos = 0
-        self.var_scope_begin: dict[str, int] = {}
-        self.fork_start = 0
         self.error: Optional[BaseException] = None
         self.finished = False
         self.done = asyncio.Event()
 
+    @property
+    def text(self) -> str:
+        return self.tx.text
+
     def inherit(self, parent: "_StreamState") -> None:
-        self.text = parent.text
+        self.tx = parent.tx.fork()
         self.vars = dict(parent.vars)
         self.metas = dict(parent.metas)
-        self.messages = [dict(m) for m in parent.messages]
-        self.role_history = list(parent.role_history)
-        self.cur_role = parent.cur_role
-        self.cur_role_begin_pos = parent.cur_role_begin_pos
-        self.fork_start = len(self.text)
 
 
 class _GraphRun:
@@ -118,7 +112,7 @@ class _GraphRun:
                     break
                 yield ev
             yield {"type": "done", "texts": [self.states[i].text for i in range(len(self.states))],
-                   "messages": [self.states[i].messages for i in range(len(self.states))]}
+                   "messages": [self.states[i].tx.messages for i in range(len(self.states))]}
         finally:
             live = [t for t in self.tasks if not t.done()]
             for t in live:
@@ -182,10 +176,11 @@ class _GraphRun:
 
     # -- state helpers ------------------------------------------------------
     def _append(self, st: _StreamState, text: str, var: Optional[str] = None) -> None:
-        if not text:
-            return
-        st.text += text
-        if self.streaming:
+        self._emit_text(st, st.tx.append(text), var)
+
+    def _emit_text(self, st: _StreamState, text: str, var: Optional[str] = None) -> None:
+        """A streaming delta for ``text``, already appended to the stream."""
+        if text and self.streaming:
             ev = {"type": "text", "stream": st.sid, "delta": text}
             if var:
                 ev["var"] = var
@@ -212,25 +207,13 @@ class _GraphRun:
         elif op == "select":
             await self._select(st, node)
         elif op == "role_begin":
-            role = node["role"]
-            if st.cur_role is not None:
-                raise AssertionError(f"role {role!r} begins inside role {st.cur_role!r}; roles cannot nest")
-            self._append(st, self.template.prefix(role, tuple(st.role_history)))
-            st.cur_role, st.cur_role_begin_pos = role, len(st.text)
+            self._emit_text(st, st.tx.role_begin(node["role"], self.template))
         elif op == "role_end":
-            role = node["role"]
-            if st.cur_role != role:
-                raise AssertionError(f"role {role!r} ends but the open role is {st.cur_role!r}")
-            content = st.text[st.cur_role_begin_pos:].lstrip()
-            self._append(st, self.template.suffix(role, tuple(st.role_history)))
-            st.messages.append({"role": role, "content": content})
-            st.role_history.append(role)
-            st.cur_role = None
+            self._emit_text(st, st.tx.role_end(node["role"], self.template))
         elif op == "var_begin":
-            st.var_scope_begin[node["name"]] = len(st.text)
+            st.tx.var_begin(node["name"])
         elif op == "var_end":
-            start = st.var_scope_begin.pop(node["name"], len(st.text))
-            self._publish(st, node, node["name"], st.text[start:])
+            self._publish(st, node, node["name"], st.tx.var_end(node["name"])[0])
         elif op == "set_var":
             self._publish(st, node, node["name"], node["value"])
         elif op == "fork":
@@ -323,7 +306,7 @@ class _GraphRun:
                               [c.metas.get(name) for c in children])
         else:
             for c in children:
-                self._append(st, c.text[c.fork_start:])
+                self._append(st, c.tx.since_fork())
 
     async def _var_ref(self, st: _StreamState, node: dict[str, Any]) -> None:
         src = node["source"]
@@ -394,22 +377,7 @@ class ProgramExecutor:
 
     def _static_prefix(self, graph: ProgramGraph) -> str:
         """The root stream's text before its first model call (fills and role markers)."""
-        text, history, role = "", [], None
-        for n in graph.streams[0].nodes:
-            if n["op"] == "fill":
-                text += n["text"]
-            elif n["op"] == "role_begin" and role is None:
-                text += self.chat_template.prefix(n["role"], tuple(history))
-                role = n["role"]
-            elif n["op"] == "role_end" and role == n["role"]:
-                text += self.chat_template.suffix(n["role"], tuple(history))
-                history.append(role)
-                role = None
-            elif n["op"] in ("var_begin", "var_end", "set_var"):
-                continue
-            else:
-                break
-        return text
+        return static_prefix(graph.streams[0].nodes, self.chat_template)
 
 
 def _common_prefix(texts: list[str]) -> str:
