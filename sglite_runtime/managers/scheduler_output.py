@@ -203,7 +203,7 @@ class SchedulerOutputProcessor:
         if r.return_logprob:  # forced tokens have probability 1 under the constraint
             r.output_token_logprobs.extend((0.0, t) for t in forced)
             if r.top_logprobs_num > 0:
-                r.output_top_logprobs.extend([[(0.0, t)]] for t in forced)
+                r.output_top_logprobs.extend([(0.0, t)] for t in forced)  # one (logprob, id) pair per position
         self.num_jump_forward_tokens += len(forced)
         if r.to_abort or r.grammar.is_terminated():
             # Done without another forward; its KV was already released above.

@@ -90,3 +90,19 @@ def test_openai_fields_are_honoured_or_refused(rserver):
         assert r.status_code == 200, r.text[:300]
         assert r.json()["choices"][0]["finish_reason"] == "stop" and r.json()["usage"]["completion_tokens"] == 1, r.text
     assert_server_well(url)
+
+
+def test_top_logprobs_with_jump_forward_keeps_the_server_alive(rserver):
+    """Jump-forward tokens (a regex's forced literal) appended their top logprobs one list too
+    deep; the detokenizer could not decode the message and died, taking the server down."""
+    url = rserver.url
+    r = _post(url, "/generate", {"text": "hi", "return_logprob": True, "top_logprobs_num": 2, "sampling_params": {
+        "max_new_tokens": 40, "regex": "(yes|no), the quick brown fox jumps over the lazy dog"}}, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    meta = r.json()["meta_info"]
+    tops = meta["output_top_logprobs"]
+    assert len(tops) == len(meta["output_token_logprobs"]) == meta["completion_tokens"]
+    for pos in tops:  # each position: a list of (logprob, token id, text) triples
+        assert pos and all(len(entry) == 3 and isinstance(entry[1], int) for entry in pos), pos
+    assert r.json()["text"].endswith("the quick brown fox jumps over the lazy dog")
+    assert_server_well(url)
