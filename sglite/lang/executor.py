@@ -101,10 +101,6 @@ class StreamExecutor:
     def messages_(self) -> list[dict[str, Any]]:
         return self.tx.messages
 
-    @property
-    def fork_start_text_pos(self) -> Optional[int]:
-        return self.tx.fork_start
-
     # -- user-thread API ----------------------------------------------------
     def submit(self, expr: SglExpr) -> None:
         """Enqueue ``expr``; register events for the variables it will produce."""

@@ -11,6 +11,7 @@ from sglite.lang.ir import (
     SglConstantText, SglExpr, SglExprList, SglRoleBegin, SglRoleEnd, SglVarScopeBegin, SglVarScopeEnd,
 )
 from sglite.lang.state_group import StateGroupBase
+from sglite.protocol.stream_state import gathered_names
 
 logger = logging.getLogger(__name__)
 
@@ -248,10 +249,7 @@ class ProgramStateGroup(StateGroupBase):
             if s.stream_executor.error_ is not None:
                 raise s.stream_executor.error_
         if mode == "gather_variable":
-            base = set(parent.variables)
-            names: list[str] = []
-            for s in self.states:
-                names += [n for n in s.stream_executor.variables if n not in base and n not in names]
+            names = gathered_names(parent.variables, [s.stream_executor.variables for s in self.states])
             for name in names:
                 values = [s.stream_executor.variables.get(name) for s in self.states]
                 metas = [s.stream_executor.meta_info.get(name) for s in self.states]
@@ -259,8 +257,7 @@ class ProgramStateGroup(StateGroupBase):
                 parent.meta_info[name] = metas
         elif mode == "concate_and_append":
             for s in self.states:
-                ex = s.stream_executor
-                self.src_state += ex.text_[ex.fork_start_text_pos or 0:]
+                self.src_state += s.stream_executor.tx.since_fork()
         else:
             raise ValueError(f"unknown join mode {mode!r}")
         for s in self.states:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from sglite.protocol.chat_template import ChatTemplate
 
@@ -78,6 +78,16 @@ class StreamText:
     def since_fork(self) -> str:
         """What this branch added after its fork (``concate_and_append`` joins append it)."""
         return self.text[self.fork_start or 0:]
+
+
+def gathered_names(parent_vars: Iterable[str], branch_vars: list[Iterable[str]]) -> list[str]:
+    """The variables a ``gather_variable`` join turns into lists in the parent: those the branches
+    created (not in the parent at the fork), in first-seen order across the branches."""
+    base = set(parent_vars)
+    names: list[str] = []
+    for vs in branch_vars:
+        names += [n for n in vs if n not in base and n not in names]
+    return names
 
 
 def static_prefix(nodes: list[dict[str, Any]], template: ChatTemplate) -> str:

@@ -29,7 +29,7 @@ from sglite.protocol.sampling import SglSamplingParams, typed_completion
 from sglite.protocol.select import (
     align_scores, method_by_name, scoring_request, select_decision, unconditional_request,
 )
-from sglite.protocol.stream_state import StreamText, static_prefix
+from sglite.protocol.stream_state import StreamText, gathered_names, static_prefix
 from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
 
 logger = logging.getLogger(__name__)
@@ -297,11 +297,7 @@ class _GraphRun:
             if c.error is not None:
                 raise c.error
         if node.get("mode", "gather_variable") == "gather_variable":
-            base = set(st.vars)
-            names: list[str] = []
-            for c in children:
-                names += [k for k in c.vars if k not in base and k not in names]
-            for name in names:
+            for name in gathered_names(st.vars, [c.vars for c in children]):
                 self._publish(st, node, name, [c.vars.get(name) for c in children],
                               [c.metas.get(name) for c in children])
         else:

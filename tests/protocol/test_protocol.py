@@ -12,7 +12,7 @@ from sglite.protocol.choices import token_length_normalized, unconditional_likel
 from sglite.protocol.select import (
     align_scores, method_by_name, scoring_request, select_decision, unconditional_request,
 )
-from sglite.protocol.stream_state import StreamText, static_prefix
+from sglite.protocol.stream_state import StreamText, gathered_names, static_prefix
 
 TEMPLATE = ChatTemplate("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}")
 
@@ -85,3 +85,8 @@ def test_select_refusals():
     with pytest.raises(ValueError, match="unknown select method"):
         method_by_name("best_guess")
     assert method_by_name(None) is token_length_normalized
+
+
+def test_gathered_names_are_new_and_in_first_seen_order():
+    assert gathered_names({"q": 1}, [{"q": 1, "b": 2, "a": 3}, {"a": 4, "c": 5}]) == ["b", "a", "c"]
+    assert gathered_names([], []) == []
