@@ -136,7 +136,7 @@ class DetokenizeRequest(BaseModel):
     """``POST /detokenize``."""
 
     model: str | None = None
-    tokens: list[int]
+    tokens: list[StrictInt]  # [true] is not token 1
 
 
 class GenerateRequest(BaseModel):

@@ -80,6 +80,9 @@ def _executor(request: Request) -> ProgramExecutor:
     return ex
 
 
+_BODY_FIELDS = {"graph", "graphs", "sampling_params", "stream"}
+
+
 async def _body(request: Request) -> dict[str, Any]:
     raw = await request.body()  # its size is bounded while reading (--max-request-body-bytes)
     import json
@@ -90,6 +93,11 @@ async def _body(request: Request) -> dict[str, Any]:
         raise ValueError("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise ValueError("The request body must be a JSON object.")
+    unknown = sorted(set(body) - _BODY_FIELDS)
+    if unknown:  # a typo (``sampling_param``) would otherwise be dropped silently
+        raise ValueError(f"Unknown field(s) {', '.join(map(repr, unknown))}; expected {sorted(_BODY_FIELDS)}.")
+    if not isinstance(body.get("stream", False), bool):  # strict: "yes" is not true
+        raise ValueError(f"stream must be a boolean, got {body['stream']!r:.60}.")
     if ("graph" in body) == ("graphs" in body):
         raise ValueError("Send exactly one of 'graph' or 'graphs'.")
     if "graphs" in body:

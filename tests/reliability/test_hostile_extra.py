@@ -106,3 +106,18 @@ def test_top_logprobs_with_jump_forward_keeps_the_server_alive(rserver):
         assert pos and all(len(entry) == 3 and isinstance(entry[1], int) for entry in pos), pos
     assert r.json()["text"].endswith("the quick brown fox jumps over the lazy dog")
     assert_server_well(url)
+
+
+def test_native_bodies_are_strict(rserver):
+    """/run_program read ``"stream": "yes"`` as true and dropped unknown fields (a typo such as
+    ``sampling_param`` changed nothing, silently); /detokenize read ``[true]`` as token 1."""
+    url = rserver.url
+    graph = {"version": 1, "streams": [{"id": 0, "nodes": [{"op": "fill", "id": 0, "text": "hi"}]}]}
+    for body, needle in [({"graph": graph, "stream": "yes"}, "stream must be a boolean"),
+                         ({"graph": graph, "sampling_param": {"temperature": 0}}, "'sampling_param'")]:
+        r = _post(url, "/run_program", body)
+        assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text[:300]
+    assert _post(url, "/run_program", {"graph": graph, "stream": False}).status_code == 200
+    assert _post(url, "/detokenize", {"tokens": [True]}).status_code == 400
+    assert _post(url, "/detokenize", {"tokens": [1]}).status_code == 200
+    assert_server_well(url)
