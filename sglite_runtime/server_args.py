@@ -43,6 +43,10 @@ class ServerArgs:
     disable_radix_cache: bool = False
     page_size: int = 1
     stream_interval: int = 1
+    # Overlap scheduling (SGLang's zero-overhead scheduler): while the model runs decode step N on a
+    # worker thread, the scheduler processes step N-1's tokens. Off for TP > 1 and while a
+    # running request has a grammar (its mask needs the previous token on the host).
+    disable_overlap_schedule: bool = False
     # Kernels
     attention_backend: str = "auto"
     disable_cuda_graph: bool = False

@@ -244,6 +244,9 @@ FLAG_CHECKS: dict[str, Callable[..., None]] = {
     "disable_radix_cache": lambda ctx: ctx.sched(disable_radix_cache=True).tree_cache.disable or pytest.fail(),
     "page_size": lambda ctx: ctx.sched(page_size=4).allocator.page_size == 4 or pytest.fail(),
     "stream_interval": _stream_interval,
+    # Outputs on vs off: tests/runtime/test_overlap_schedule.py.
+    "disable_overlap_schedule": lambda ctx: (ctx.sched(disable_overlap_schedule=True).overlap is None
+                                             and ctx.base.overlap is not None) or pytest.fail(),
     "attention_backend": covered("tests/kernels/test_backend_e2e.py::test_triton_matches_torch_native_end_to_end"),
     "disable_cuda_graph": covered("tests/kernels/test_cuda_graph_runner.py::test_padded_replay_matches_eager"),
     "cuda_graph_max_bs": covered("tests/kernels/test_cuda_graph_runner.py::test_capture_batch_sizes"),

@@ -90,6 +90,11 @@ class Scheduler:
         self.output_processor = SchedulerOutputProcessor(
             server_args, self.tokenizer, self.context_len, self.tree_cache, self.grammar_manager,
             self.stats, self.pending_outputs)
+        self.overlap = None
+        if not server_args.disable_overlap_schedule and server_args.tp_size == 1:
+            from sglite_runtime.managers.overlap_schedule import OverlapStepper
+
+            self.overlap = OverlapStepper(self)
         self.last_batch_time = time.monotonic()
         self.step_started_at: float | None = None
         self._seed_rng = random.Random(server_args.random_seed)
@@ -281,24 +286,31 @@ class Scheduler:
     # ---- one iteration -----------------------------------------------------------------------
     def step(self) -> bool:
         """Run one batch if there is work. Returns False when idle."""
+        if self.overlap is not None:
+            return self.overlap.step()
         batch = self.get_next_batch_to_run()
         if batch is None:
             if not self.waiting_queue and self.chunked_req is None:
                 self.new_token_ratio = self.init_new_token_ratio
             return False
+        self.run_batch_guarded(batch)
+        return True
+
+    def run_batch_guarded(self, batch: ScheduleBatch) -> None:
+        """Run and process ``batch``; an error fails its requests only, the scheduler keeps serving."""
         self.step_started_at = time.monotonic()  # read by the --watchdog-timeout thread
         try:
             self.run_batch(batch)
-        except Exception as e:  # fails this batch's requests only; the scheduler keeps serving
+        except Exception as e:
             self.fail_batch(batch, e)
         finally:
             self.step_started_at = None
         self.forward_ct += 1
         self.last_batch_time = time.monotonic()
-        return True
 
     def has_work(self) -> bool:
         return bool(self.waiting_queue or self.chunked_req or (self.running_batch and not self.running_batch.is_empty())
+                    or (self.overlap is not None and self.overlap.busy())
                     or (self.grammar_manager is not None and self.grammar_manager.has_pending()))
 
     def run_batch(self, batch: ScheduleBatch) -> None:

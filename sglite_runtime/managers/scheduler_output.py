@@ -130,19 +130,15 @@ class SchedulerOutputProcessor:
             r.input_top_logprobs.extend([None] * len(qs))
 
     # ---- decode --------------------------------------------------------------------------
-    def process_decode_result(self, batch: "ScheduleBatch", res: "StepResult", kv_extra: int = 0) -> BatchOutcome:
-        """Append each request's token; finished and jumped-forward requests leave ``batch``.
-
-        ``kv_extra``: steps already run past this one for these requests (overlap scheduling),
-        whose KV a finishing request also releases.
-        """
+    def process_decode_result(self, batch: "ScheduleBatch", res: "StepResult") -> BatchOutcome:
+        """Append each request's token; finished and jumped-forward requests leave ``batch``."""
         next_ids = res.next_token_ids_list()
         outcome = BatchOutcome()
         keep: list[int] = []
         for i, r in enumerate(batch.reqs):
             self._append_and_check(r, next_ids[i], res, res.logits, i)
             if r.finished():
-                release_req_kv(self.tree_cache, r, r.seqlen - 1 + kv_extra, cache=True)
+                release_req_kv(self.tree_cache, r, r.seqlen - 1, cache=True)
             elif not self._jump_forward(r):
                 keep.append(i)
             elif not r.finished():
@@ -151,6 +147,17 @@ class SchedulerOutputProcessor:
         batch.output_ids = res.next_token_ids.to(torch.int64)
         batch.filter_batch(keep)
         return outcome
+
+    def process_decode_rows(self, reqs: "list[Req]", res: "StepResult", kv_extra: int) -> None:
+        """Overlap scheduling: step N's host work while step N+1 (which holds these same
+        requests) runs. Finished requests release ``kv_extra`` more slots (N+1's); the batch is
+        filtered only once N+1 is back. No grammars here (they run sequentially)."""
+        next_ids = res.next_token_ids_list()
+        for i, r in enumerate(reqs):
+            self._append_and_check(r, next_ids[i], res, res.logits, i)
+            if r.finished():
+                release_req_kv(self.tree_cache, r, r.seqlen - 1 + kv_extra, cache=True)
+        self.stream_output(reqs)
 
     def _append_and_check(self, r: "Req", token: int, out: Any, logits: torch.Tensor, i: int) -> None:
         """Append the sampled token and decide whether ``r`` is finished; an exception here

@@ -3,7 +3,7 @@
 The scheduler decides what runs; this class runs it and returns a typed ``StepResult``; the
 output processor (``managers/scheduler_output.py``) turns that result into request updates and
 messages. Nothing here touches request state beyond reading it, so a step can run on another
-thread (overlap scheduling, ``managers/overlap_worker.py``) while the scheduler does host work.
+thread (overlap scheduling, ``managers/overlap_schedule.py``) while the scheduler does host work.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ class StepResult:
     input_logprobs: torch.Tensor | None = None
     input_logprob_spans: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     _ids_list: list[int] | None = field(default=None, repr=False)
+
+    def select(self, keep: list[int]) -> "StepResult":
+        """The rows ``keep`` only (requests that left the batch while this step ran)."""
+        idx = torch.tensor(keep, dtype=torch.int64, device=self.next_token_ids.device)
+        lp = self.next_token_logprobs
+        return StepResult(self.next_token_ids[idx], None if lp is None else lp[idx], self.logits[idx])
 
     def next_token_ids_list(self) -> list[int]:
         """The sampled ids on the host (one device→host copy, cached)."""
