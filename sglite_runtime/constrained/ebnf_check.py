@@ -9,8 +9,10 @@ forced string is finite; checking productivity up front is the fix.
 The check reads xgrammar's normalized grammar (``Grammar.serialize_json``): rules point to
 expressions; an expression is ``[type, length, data...]`` in ``grammar_expr_data`` at
 ``grammar_expr_indptr[i]``. Types: 0 byte string, 1 character class, 2 class star, 3 empty,
-4 rule ref, 5 sequence, 6 choices, 8 repeat ``(rule, min, max)``; anything else counts as
-productive, so an unknown layout can only miss a bad grammar, never refuse a good one.
+4 rule ref, 5 sequence, 6 choices, 8 repeat ``(rule, min, max)``; a class is
+``(negated, lo, hi, lo, hi, ...)`` and matches nothing when empty (``[^\x00-\U0010FFFF]``).
+Anything else counts as productive, so an unknown layout can only miss a bad grammar, never
+refuse a good one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-_RULE_REF, _SEQUENCE, _CHOICES, _REPEAT = 4, 5, 6, 8
+_CHAR_CLASS, _RULE_REF, _SEQUENCE, _CHOICES, _REPEAT = 1, 4, 5, 6, 8
+_MAX_CODEPOINT = 0x10FFFF
+
+
+def _class_is_empty(args: list[int]) -> bool:
+    negated, ranges = args[0], sorted(zip(args[1::2], args[2::2]))
+    if not negated:
+        return not ranges
+    covered = -1  # the highest code point covered so far by the merged ranges
+    for lo, hi in ranges:
+        if lo > covered + 1:
+            return False
+        covered = max(covered, hi)
+    return covered >= _MAX_CODEPOINT
 
 
 def unproductive_rules(grammar: Any) -> list[str]:
@@ -46,6 +61,8 @@ def unproductive_rules(grammar: Any) -> list[str]:
             return any(ok(j) for j in args)
         if kind == _REPEAT:
             return args[1] == 0 or productive[args[0]]
+        if kind == _CHAR_CLASS:
+            return not _class_is_empty(args)
         return True
 
     try:

@@ -21,9 +21,12 @@ ENDLESS_EBNF = [
     ('root ::= x\nx ::= root', "can never end"),
     ('root ::= "b" | "c" x\nx ::= "a" x', "'x' can never end"),  # dead only after "c"
     ('root ::= x{2,3}\nx ::= "a" x', "can never end"),
+    ('root ::= [^\\x00-\\U0010FFFF]', "can never end"),  # an empty class: nothing is allowed
+    ('root ::= [^a-z\\x00-\\x60\\x7b-\\U0010FFFF]', "can never end"),
 ]
 FINE_EBNF = ['root ::= "(" root ")" | ""', 'root ::= root "a" | "b"', 'root ::= x "a"\nx ::= x | ""',
-             'root ::= ([a-z]+ | "(" root ")")* "x"? [^a]{2,3}', 'root ::= x{0,3} "y"\nx ::= "a" | "b" x']
+             'root ::= ([a-z]+ | "(" root ")")* "x"? [^a]{2,3}', 'root ::= x{0,3} "y"\nx ::= "a" | "b" x',
+             'root ::= [^a-z\\x00-\\x5f\\x7b-\\U0010FFFF]', 'root ::= "b" | [^\\x00-\\U0010FFFF]*']
 
 
 @pytest.mark.parametrize("spec,needle", ENDLESS_EBNF)
