@@ -244,6 +244,9 @@ FLAG_CHECKS: dict[str, Callable[..., None]] = {
     "disable_radix_cache": lambda ctx: ctx.sched(disable_radix_cache=True).tree_cache.disable or pytest.fail(),
     "page_size": lambda ctx: ctx.sched(page_size=4).allocator.page_size == 4 or pytest.fail(),
     "stream_interval": _stream_interval,
+    "disable_overlap_schedule": lambda ctx: (ctx.base.overlap is not None
+                                             and ctx.sched(disable_overlap_schedule=True).overlap is None)
+    or pytest.fail(),
     # Outputs on vs off: tests/runtime/test_overlap_schedule.py.
     "disable_overlap_schedule": lambda ctx: (ctx.sched(disable_overlap_schedule=True).overlap is None
                                              and ctx.base.overlap is not None) or pytest.fail(),
