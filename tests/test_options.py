@@ -212,6 +212,18 @@ def _grammar_backend(ctx: Ctx) -> None:
     assert names["outlines"].outlines is not None and names["xgrammar"].outlines is None
 
 
+def _schedule_policy(ctx: Ctx) -> None:
+    # With the prompt cached, "lpm" moves the request that shares it ahead; "fcfs" keeps arrival order.
+    for policy, first in (("lpm", "shares"), ("fcfs", "other")):
+        s = ctx.sched(schedule_policy=policy)
+        ctx.run({"max_new_tokens": 1}, sched=s)
+        submit(s, "other", [7, 8, 9, 10], {"max_new_tokens": 1})
+        submit(s, "shares", ctx.prompt + [11], {"max_new_tokens": 1})
+        s.policy.calc_priority(s.waiting_queue)
+        assert s.waiting_queue[0].rid == first, policy
+        run_to_completion(s)
+
+
 def _random_seed(ctx: Ctx) -> None:
     sp = {"max_new_tokens": 12, "temperature": 3.0, "ignore_eos": True}
     outs = [ctx.run(sp, sched=ctx.sched(random_seed=seed))["x"].output_ids for seed in (1, 1, 2)]
@@ -239,7 +251,7 @@ FLAG_CHECKS: dict[str, Callable[..., None]] = {
     "max_running_requests": lambda ctx: ctx.sched(max_running_requests=3).max_running_requests == 3 or pytest.fail(),
     "max_prefill_tokens": _max_prefill_tokens,
     "chunked_prefill_size": _chunked_prefill_size,
-    "schedule_policy": covered("tests/runtime/test_scheduler.py::test_radix_on_off_identical"),
+    "schedule_policy": _schedule_policy,
     "init_new_token_ratio": lambda ctx: ctx.sched(init_new_token_ratio=0.3).new_token_ratio == 0.3 or pytest.fail(),
     "disable_radix_cache": lambda ctx: ctx.sched(disable_radix_cache=True).tree_cache.disable or pytest.fail(),
     "page_size": lambda ctx: ctx.sched(page_size=4).allocator.page_size == 4 or pytest.fail(),
