@@ -259,9 +259,6 @@ FLAG_CHECKS: dict[str, Callable[..., None]] = {
     "disable_overlap_schedule": lambda ctx: (ctx.base.overlap is not None
                                              and ctx.sched(disable_overlap_schedule=True).overlap is None)
     or pytest.fail(),
-    # Outputs on vs off: tests/runtime/test_overlap_schedule.py.
-    "disable_overlap_schedule": lambda ctx: (ctx.sched(disable_overlap_schedule=True).overlap is None
-                                             and ctx.base.overlap is not None) or pytest.fail(),
     "attention_backend": covered("tests/kernels/test_backend_e2e.py::test_triton_matches_torch_native_end_to_end"),
     "disable_cuda_graph": covered("tests/kernels/test_cuda_graph_runner.py::test_padded_replay_matches_eager"),
     "cuda_graph_max_bs": covered("tests/kernels/test_cuda_graph_runner.py::test_capture_batch_sizes"),
