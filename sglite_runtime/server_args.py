@@ -47,6 +47,8 @@ class ServerArgs:
     # worker thread, the scheduler processes step N-1's tokens. Off for TP > 1 and while a
     # running request has a grammar (its mask needs the previous token on the host).
     disable_overlap_schedule: bool = False
+    # Running decode requests join each prefill's forward as one-token extends (SGLang's flag).
+    enable_mixed_chunk: bool = False
     # Kernels
     attention_backend: str = "auto"
     disable_cuda_graph: bool = False

@@ -256,6 +256,7 @@ FLAG_CHECKS: dict[str, Callable[..., None]] = {
     "disable_radix_cache": lambda ctx: ctx.sched(disable_radix_cache=True).tree_cache.disable or pytest.fail(),
     "page_size": lambda ctx: ctx.sched(page_size=4).allocator.page_size == 4 or pytest.fail(),
     "stream_interval": _stream_interval,
+    "enable_mixed_chunk": covered("tests/runtime/test_mixed_chunk.py::test_mixed_chunk_on_and_off_give_the_same_outputs"),
     "disable_overlap_schedule": lambda ctx: (ctx.base.overlap is not None
                                              and ctx.sched(disable_overlap_schedule=True).overlap is None)
     or pytest.fail(),
