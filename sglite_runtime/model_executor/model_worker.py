@@ -37,9 +37,13 @@ class StepResult:
 
     def select(self, keep: list[int]) -> "StepResult":
         """The rows ``keep`` only (requests that left the batch while this step ran)."""
-        idx = torch.tensor(keep, dtype=torch.int64, device=self.next_token_ids.device)
+        idx = torch.tensor(keep, dtype=torch.int64)
         lp = self.next_token_logprobs
-        return StepResult(self.next_token_ids[idx], None if lp is None else lp[idx], self.logits[idx])
+        out = StepResult(self.next_token_ids[idx.to(self.next_token_ids.device)],
+                         None if lp is None else lp[idx.to(lp.device)], self.logits[idx.to(self.logits.device)])
+        if self._ids_list is not None:
+            out._ids_list = [self._ids_list[i] for i in keep]
+        return out
 
     def next_token_ids_list(self) -> list[int]:
         """The sampled ids on the host (one device→host copy, cached)."""
@@ -150,4 +154,9 @@ class ModelWorker:
         if batch.forward_mode.is_extend() and any(r.is_chunked for r in batch.reqs):
             keep = torch.tensor([not r.is_chunked for r in batch.reqs], device=logits.device)
         info.cumulate_output_tokens(out.next_token_ids, keep)
-        return StepResult(out.next_token_ids, out.next_token_logprobs, logits)
+        # The host copies are made here, on the worker: with overlap scheduling a copy made on
+        # the scheduler's thread would wait (on a GPU stream) for the next step's kernels too.
+        lp = out.next_token_logprobs
+        res = StepResult(out.next_token_ids, None if lp is None else lp.cpu(), logits)
+        res.next_token_ids_list()
+        return res
