@@ -141,10 +141,17 @@ REQUEST_CHECKS: dict[str, Callable[..., None]] = {
     "return_text_in_logprobs": covered("tests/server/test_native.py::test_generate_logprobs"),
     "stream": covered("tests/server/test_native.py::test_generate_stream"),
     "image_data": covered("tests/server/test_errors.py::test_generate_bad_input"),
+    # What sglang-router adds to every body it forwards: accepted at SGLang's default, else a 400.
+    "model": covered("tests/distributed/test_router.py::test_requests_through_router_succeed"),
+    **{f: (lambda _: None) for f in ("log_metrics", "return_hidden_states", "return_entropy",
+                                     "return_bytes", "background", "no_logs")},
 }
 
+ROUTER_DEFAULTS = {"model": "m", "log_metrics": True, "return_hidden_states": False, "return_entropy": False,
+                   "return_bytes": False, "background": False, "no_logs": False}
+
 # SGLang's GenerateReqInput fields that sglite does not implement: each must be a 400 naming it.
-SGLANG_ONLY_FIELDS = ("lora_path", "custom_logit_processor", "return_hidden_states", "session_params",
+SGLANG_ONLY_FIELDS = ("lora_path", "custom_logit_processor", "session_params",
                       "modalities", "input_embeds", "token_ids_logprob", "bootstrap_host", "data_parallel_rank")
 
 
@@ -162,6 +169,17 @@ def test_unsupported_generate_fields_are_400(field: str) -> None:
     with _app_client(ServerArgs()) as c:
         r = c.post("/generate", json={"text": "x", field: "v"})
     assert r.status_code == 400 and repr(field) in r.text and "not supported" in r.text
+
+
+@pytest.mark.parametrize("field", [f for f, v in ROUTER_DEFAULTS.items() if isinstance(v, bool)])
+def test_router_fields_only_at_their_default(field: str) -> None:
+    """The body sglang-router forwards validates; a non-default value of any of its flags is a 400."""
+    from sglite_runtime.entrypoints.openai_protocol import GenerateRequest
+
+    GenerateRequest(text="x", **ROUTER_DEFAULTS)
+    with _app_client(ServerArgs()) as c:
+        r = c.post("/generate", json={"text": "x", field: not ROUTER_DEFAULTS[field]})
+    assert r.status_code == 400 and field in r.text and "not supported" in r.text, r.text
 
 
 @pytest.mark.parametrize("knob", ["enable_precache_with_tracing", "enable_parallel_encoding"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator
 
 
 class StreamOptions(BaseModel):
@@ -160,6 +160,24 @@ class GenerateRequest(BaseModel):
     return_text_in_logprobs: StrictBool = False
     stream: StrictBool = False
     image_data: Any = None
+    # sglang-router forwards SGLang's GenerateReqInput with these fields set to their defaults.
+    # One model per server, so `model` has nothing to choose; the flags are accepted only at the
+    # value sglite implements, and any other value is a 400 naming the field.
+    model: StrictStr | None = None
+    log_metrics: StrictBool = True
+    return_hidden_states: StrictBool = False
+    return_entropy: StrictBool = False
+    return_bytes: StrictBool = False
+    background: StrictBool = False
+    no_logs: StrictBool = False
+
+    @field_validator("log_metrics", "return_hidden_states", "return_entropy", "return_bytes",
+                     "background", "no_logs")
+    @classmethod
+    def _only_the_implemented_value(cls, v: bool, info: ValidationInfo) -> bool:
+        if v != cls.model_fields[info.field_name].default:
+            raise ValueError(f"{info.field_name}={str(v).lower()} is not supported by this server")
+        return v
 
 
 class AbortRequest(BaseModel):

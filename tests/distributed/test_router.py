@@ -110,7 +110,7 @@ def test_requests_through_router_succeed(replicas):
     router = Router(urls, "cache_aware")
     try:
         r = generate(router.url, "Hello there")
-        assert r.status_code == 200 and r.json()["meta_info"]["completion_tokens"] == 4
+        assert r.status_code == 200 and r.json()["meta_info"]["completion_tokens"] == 4, r.text
         # The router routes /v1 by model id: it must be a served model name (an unknown one is 404).
         models = requests.get(router.url + "/v1/models", timeout=10).json()["data"]
         model = models[0]["id"]
