@@ -8,17 +8,9 @@ from __future__ import annotations
 
 import typing as _typing
 
-from sglite.backend import BaseBackend, EngineBackend, RuntimeEndpoint
-from sglite.backend.unsupported import Anthropic, Crusoe, LiteLLM, VertexAI
+# The settings object, not the module of the same name: bound eagerly so `sglite.global_config`
+# is the object even after `import sglite.global_config` has run.
 from sglite.global_config import global_config
-from sglite.lang.api import (
-    assistant, assistant_begin, assistant_end, flush_cache, function, gen, gen_int, gen_string,
-    get_server_info, image, select, separate_reasoning, set_default_backend, system, system_begin,
-    system_end, user, user_begin, user_end, video,
-)
-from sglite.protocol.choices import (
-    greedy_token_selection, token_length_normalized, unconditional_likelihood_normalized,
-)
 
 __version__ = "0.1.0"
 
@@ -31,13 +23,24 @@ __all__ = [
     "global_config", "__version__", "OpenAI", "Anthropic", "LiteLLM", "VertexAI", "Crusoe", "ServerArgs",
 ]
 
-# name -> (module, attribute); resolved on first access so torch stays unloaded.
+# name -> module; every public name is resolved on first access. This keeps `import sglite` light
+# (no torch) and lets the runtime import `sglite.protocol` without loading the client's
+# interpreter and backends (the runtime never imports the client; tests/protocol checks it).
+_API = "sglite.lang.api"
 _LAZY = {
-    "Engine": ("sglite_runtime.entrypoints.engine", "Engine"),
-    "Runtime": ("sglite.backend.local_runtime", "Runtime"),
-    "launch_server": ("sglite_runtime.entrypoints.launcher", "launch_server"),
-    "ServerArgs": ("sglite_runtime.server_args", "ServerArgs"),
-    "OpenAI": ("sglite.backend.openai", "OpenAI"),
+    **{name: _API for name in (
+        "assistant", "assistant_begin", "assistant_end", "flush_cache", "function", "gen", "gen_int",
+        "gen_string", "get_server_info", "image", "select", "separate_reasoning", "set_default_backend",
+        "system", "system_begin", "system_end", "user", "user_begin", "user_end", "video")},
+    **{name: "sglite.backend" for name in ("BaseBackend", "EngineBackend", "RuntimeEndpoint")},
+    **{name: "sglite.backend.unsupported" for name in ("Anthropic", "Crusoe", "LiteLLM", "VertexAI")},
+    **{name: "sglite.protocol.choices" for name in (
+        "greedy_token_selection", "token_length_normalized", "unconditional_likelihood_normalized")},
+    "Engine": "sglite_runtime.entrypoints.engine",
+    "Runtime": "sglite.backend.local_runtime",
+    "launch_server": "sglite_runtime.entrypoints.launcher",
+    "ServerArgs": "sglite_runtime.server_args",
+    "OpenAI": "sglite.backend.openai",
 }
 
 
@@ -45,11 +48,14 @@ def __getattr__(name: str) -> _typing.Any:
     if name in _LAZY:
         import importlib
 
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'sglite' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 # `from __future__ import annotations` binds a module global; it is not part of the API.

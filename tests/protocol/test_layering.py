@@ -60,3 +60,16 @@ def test_protocol_loads_nothing_heavy():
             "for m in pkgutil.iter_modules(p.__path__): importlib.import_module('sglite.protocol.' + m.name)\n"
             f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_runtime_loads_no_client_module():
+    # The AST walk sees what the runtime names; this sees what it loads: `import sglite.protocol`
+    # runs `sglite/__init__.py`, which must not pull in the interpreter or the backends.
+    code = ("import sys\n"
+            "import sglite_runtime.managers.program_executor, sglite_runtime.entrypoints.http_server\n"
+            "import sglite_runtime.entrypoints.engine, sglite_runtime.managers.scheduler\n"
+            "bad = sorted(m for m in sys.modules if m.startswith('sglite.')\n"
+            "             and m.split('.')[1] not in ('protocol', 'global_config'))\n"
+            "assert 'sglite.protocol.graph' in sys.modules\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
