@@ -64,6 +64,13 @@ class OverlapStepper:
         self._collect_and_continue()
         return True
 
+    def settle(self) -> None:
+        """Collect the step in flight now (it may hold only finished requests' extra tokens),
+        so that a control request right after the last output (``/flush_cache``) sees the
+        scheduler idle, as it would without overlap."""
+        if self.inflight is not None:
+            self._collect_and_continue()
+
     # ---- internals ---------------------------------------------------------------------------
     def _launch(self, batch: "ScheduleBatch") -> None:
         self.s.step_started_at = time.monotonic()  # read by the --watchdog-timeout thread

@@ -361,6 +361,8 @@ class Scheduler:
 
     # ---- control -----------------------------------------------------------------------------
     def flush_cache(self) -> bool:
+        if self.overlap is not None:
+            self.overlap.settle()
         if self.has_work():
             return False
         self.tree_cache.reset()

@@ -138,3 +138,20 @@ def test_engine_overlap_on_and_off(shipped_model_path):
 
     assert [key(o) for o in on[0]] == [key(o) for o in off[0]]
     assert key(on[1]) == key(off[1]) and key(on[2]) == key(off[2])
+
+
+def test_flush_right_after_the_last_output(shipped_model_path):
+    """The last outputs leave while the discarded extra step may still be in flight; a flush
+    sent right then must succeed, as without overlap."""
+    from scheduler_utils import collect
+
+    s = make_scheduler(shipped_model_path, disable_cuda_graph=True)
+    for i in range(2):
+        submit(s, str(i), PROMPTS[i], {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True})
+    results: dict = {}
+    while not all(rid in results and results[rid].finish_reason for rid in ("0", "1")):
+        s.step()
+        collect(s, results)
+    assert s.overlap.busy()  # the extra step of the finished requests
+    assert s.flush_cache()
+    s.check_memory()
