@@ -62,6 +62,9 @@ class Req:
         self.last_node: Any = None
         self.extend_input_len = 0
         self.is_chunked = False  # the current extend covers only part of fill_ids
+        # A running request carried by a prefill (--enable-mixed-chunk): its row already holds
+        # the KV of fill_ids[:-1], which is its extend prefix; the radix tree is not involved.
+        self.decode_in_extend = False
         self.cached_tokens = 0  # prompt tokens served from the radix cache (first admission)
         self._cached_counted = False
         # Finish state
@@ -184,12 +187,12 @@ class ScheduleBatch:
         """Allocate slots for the new tokens and build the flattened extend inputs."""
         self.forward_mode = ForwardMode.EXTEND
         self._alloc_req_slots()
-        prefix_lens = [len(r.prefix_indices) for r in self.reqs]
+        prefix_lens = [len(r.fill_ids) - 1 if r.decode_in_extend else len(r.prefix_indices) for r in self.reqs]
         seq_lens = [len(r.fill_ids) for r in self.reqs]
         extend_lens = [s - p for p, s in zip(prefix_lens, seq_lens)]
         table = self.req_to_token_pool.req_to_token
         for r, p in zip(self.reqs, prefix_lens):
-            if p:
+            if p and not r.decode_in_extend:
                 table[r.req_pool_idx, :p] = r.prefix_indices.to(table.dtype)
         self.kv_lens = list(prefix_lens)
         self._ensure_free(sum(extend_lens) + len(self.reqs) * (self.allocator.page_size - 1))

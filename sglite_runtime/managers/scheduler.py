@@ -242,7 +242,7 @@ class Scheduler:
                 self.stats["prompt_tokens"] += len(r.origin_input_ids)
                 self.stats["cached_tokens"] += r.cached_tokens
         batch = ScheduleBatch(adder.can_run_list, self.req_to_token_pool, self.allocator, self.tree_cache, self.device)
-        if self.server_args.enable_mixed_chunk and mix_running_into_prefill(batch, self.running_batch, self.tree_cache):
+        if self.server_args.enable_mixed_chunk and mix_running_into_prefill(batch, self.running_batch):
             self.running_batch = None  # its requests are in this batch; the survivors come back
         try:
             batch.prepare_for_extend()

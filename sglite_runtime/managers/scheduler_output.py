@@ -81,6 +81,7 @@ class SchedulerOutputProcessor:
                         r, r.error_reason or {"type": "abort", "message": "Abort before prefill finished"})
                     outcome.chunked_done = True
                 continue
+            carried, r.decode_in_extend = r.decode_in_extend, False  # --enable-mixed-chunk
             if r.sampling_params.max_new_tokens == 0 or r.to_abort:
                 reason = ((r.error_reason or {"type": "abort", "message": "Abort"}) if r.to_abort
                           else {"type": "length", "length": 0})
@@ -90,7 +91,8 @@ class SchedulerOutputProcessor:
             if r.finished():
                 release_req_kv(self.tree_cache, r, r.seqlen - 1, cache=True)
             else:
-                self.tree_cache.cache_unfinished_req(r)
+                if not carried:  # a running request's KV stays its own, as in a decode step
+                    self.tree_cache.cache_unfinished_req(r)
                 if not self._jump_forward(r):
                     keep.append(i)
                 elif not r.finished():

@@ -48,10 +48,10 @@ def _run(model: str, mixed: bool, monkeypatch, **kw) -> tuple[dict, int]:
     return run_to_completion(s, on_step=on_step), mixes["n"]
 
 
-@pytest.mark.parametrize("chunk", [None, 8], ids=["whole", "chunked"])
-def test_mixed_chunk_on_and_off_give_the_same_outputs(shipped_model_path, monkeypatch, chunk):
-    on, n_mixed = _run(shipped_model_path, True, monkeypatch, chunked_prefill_size=chunk)
-    off, n_off = _run(shipped_model_path, False, monkeypatch, chunked_prefill_size=chunk)
+@pytest.mark.parametrize("chunk, page", [(None, 1), (8, 1), (None, 4)], ids=["whole", "chunked", "paged"])
+def test_mixed_chunk_on_and_off_give_the_same_outputs(shipped_model_path, monkeypatch, chunk, page):
+    on, n_mixed = _run(shipped_model_path, True, monkeypatch, chunked_prefill_size=chunk, page_size=page)
+    off, n_off = _run(shipped_model_path, False, monkeypatch, chunked_prefill_size=chunk, page_size=page)
     assert n_mixed >= 4 and n_off == 0
     assert set(on) == set(off) == {f"r{i}" for i in range(8)}
     for rid in on:
