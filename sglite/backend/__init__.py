@@ -21,7 +21,7 @@ def as_backend(obj: Any) -> BaseBackend:
     if isinstance(endpoint, BaseBackend):
         return endpoint  # sglite.Runtime
     if endpoint is not None or isinstance(getattr(obj, "url", None), str):
-        url = getattr(obj, "url", None) or endpoint
+        url: Any = getattr(obj, "url", None) or endpoint  # duck-typed: the server's URL
         return RuntimeEndpoint(url, api_key=getattr(obj, "api_key", None))
     if callable(getattr(obj, "generate", None)) and callable(getattr(obj, "get_model_info", None)):
         return EngineBackend(obj)  # sglite.Engine

@@ -15,11 +15,14 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from sglite.protocol.graph import ProgramGraph
 from sglite.protocol.sampling import SglSamplingParams
 from sglite.lang.tracer import NotCompilable, TracedVar, trace_program
+
+if TYPE_CHECKING:
+    from sglite.lang.program_state import ProgramState
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +277,8 @@ def run_maybe_compiled(func: Any, call_kwargs: dict[str, Any], defaults: SglSamp
 
 
 def run_batch_maybe_compiled(func: Any, batch: list[dict[str, Any]], defaults: SglSamplingParams,
-                             backend: Any, mode: Any) -> tuple[list[Optional[CompiledProgramState]], list[int]]:
+                             backend: Any, mode: Any
+                             ) -> tuple[list[Optional[Union[CompiledProgramState, ProgramState]]], list[int]]:
     """Compile every program of a batch and run those graphs in ONE backend call.
 
     Returns the states (None where the program must be interpreted) and the
@@ -283,7 +287,8 @@ def run_batch_maybe_compiled(func: Any, batch: list[dict[str, Any]], defaults: S
     from sglite.lang.interpreter import resolve_backend
 
     backend = resolve_backend(backend)
-    states: list[Optional[CompiledProgramState]] = [None] * len(batch)
+    # None where the program must be interpreted; the caller puts its ProgramState there.
+    states: list[Optional[Union[CompiledProgramState, ProgramState]]] = [None] * len(batch)
     fallback: list[int] = []
     graphs: list[tuple[int, ProgramGraph]] = []
     for i, kwargs in enumerate(batch):
@@ -302,16 +307,17 @@ def run_batch_maybe_compiled(func: Any, batch: list[dict[str, Any]], defaults: S
         logger.warning("%d of %d programs of the batch run with the interpreter (first: program %d: %s)",
                        len(fallback), len(batch), fallback[0], reason)
     if graphs:
-        for i, g in graphs:
-            states[i] = CompiledProgramState(g)
+        compiled = {i: CompiledProgramState(g) for i, g in graphs}
+        for i, st in compiled.items():
+            states[i] = st
         try:
             results = backend.run_program([g.to_dict() for _, g in graphs], defaults.to_dict())
             for (i, _), res in zip(graphs, results):
                 for ev in res["events"]:
-                    states[i].feed(ev)
-                states[i].finish()
+                    compiled[i].feed(ev)
+                compiled[i].finish()
         except Exception as e:  # noqa: BLE001 - every program of the call failed the same way
             logger.warning("compiled batch failed: %s: %s", type(e).__name__, e)
             for i, _ in graphs:
-                states[i].finish(e)
+                compiled[i].finish(e)
     return states, fallback

@@ -283,6 +283,7 @@ class StreamExecutor:
             if events:
                 events.pop(0).set()
                 if not events:
+                    assert node is not None  # events exist only for a node
                     del self._node_events[node.node_id]
             else:
                 self.variable_events.setdefault(name, threading.Event()).set()
@@ -343,7 +344,8 @@ class StreamExecutor:
         prompt = self._prompt()
         if self.stream and (params.n or 1) == 1:
             chunks: list[tuple[str, dict[str, Any]]] = []
-            value, logprobs, meta = "", [], {}
+            value, meta = "", {}
+            logprobs: list[Any] = []
             with self.cond:
                 if name:
                     self.stream_chunks[name] = chunks

@@ -96,7 +96,7 @@ def run_program_batch(func: Callable[..., Any], backend: Any, batch_kwargs: list
             from concurrent.futures import as_completed
 
             # progress_bar may be a bar that the caller already advanced (compiled part of a batch).
-            bar = progress_bar if hasattr(progress_bar, "update") else new_progress_bar(len(futures))
+            bar: Any = progress_bar if hasattr(progress_bar, "update") else new_progress_bar(len(futures))
             for _ in as_completed(futures):
                 bar.update(1)
             if bar is not progress_bar:

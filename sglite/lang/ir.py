@@ -216,9 +216,10 @@ class SglSeparateReasoning(SglExpr):
 
     def __post_init__(self) -> None:
         if not self.names:
-            self.names = [n.name for n in _walk_exprs(self.expr) if isinstance(n, (SglGen, SglSelect))]
-            if any(not n for n in self.names):
+            names = [n.name for n in _walk_exprs(self.expr) if isinstance(n, (SglGen, SglSelect))]
+            if any(not n for n in names):
                 raise ValueError("separate_reasoning needs named gens (name must be provided)")
+            self.names = [n for n in names if n]
 
     @staticmethod
     def process_name_for_reasoning(name: Optional[str]) -> str:

@@ -53,7 +53,9 @@ def request_waves(graph: ProgramGraph) -> dict[int, list[int]]:
     for s in graph.streams:
         for a, b in zip(s.nodes, s.nodes[1:]):
             prev_in_stream[b["id"]] = a["id"]
-    fork_of_first = {s.nodes[0]["id"]: s.fork for s in graph.streams[1:] if s.nodes}
+    # Every stream after the first is a fork (its ``fork`` node id is set).
+    fork_of_first: dict[int, int] = {s.nodes[0]["id"]: s.fork for s in graph.streams[1:]
+                                     if s.nodes and s.fork is not None}
     for _, n in graph.iter_nodes():
         deps = []
         if n["id"] in prev_in_stream:

@@ -219,7 +219,7 @@ class ProgramState:
         it = self._iter_chunks(var_name)
         done = object()
         while True:
-            item = await loop.run_in_executor(None, next, it, done)
+            item: Any = await loop.run_in_executor(None, next, it, done)
             if item is done:
                 return
             yield item if return_meta_data else item[0]

@@ -89,10 +89,10 @@ class TracedVar(SglVariable):
     def __bool__(self) -> bool:
         raise self._fail("a truth test")
 
-    def __eq__(self, other: Any) -> bool:  # type: ignore[override]
+    def __eq__(self, other: Any) -> bool:
         raise self._fail("a comparison")
 
-    def __ne__(self, other: Any) -> bool:  # type: ignore[override]
+    def __ne__(self, other: Any) -> bool:
         raise self._fail("a comparison")
 
     def __lt__(self, other: Any) -> bool:
@@ -401,7 +401,7 @@ def trace_program(func: Any, bound_kwargs: dict[str, Any], backend: Any = None) 
                 frame_line = (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
             tb = tb.tb_next
         fname, lineno = frame_line or (None, None)
-        line = linecache.getline(fname, lineno).strip() if fname else None
+        line = linecache.getline(fname, lineno).strip() if fname and lineno is not None else None
         err = NotCompilable(f"the program raised {type(e).__name__}: {e} while tracing", fname, lineno, line)
         err.__cause__ = e
         tracer.record_failure(err)

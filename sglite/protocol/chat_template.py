@@ -84,6 +84,7 @@ class ChatTemplate:
 
     # -- internals --------------------------------------------------------
     def _render(self, roles: tuple[str, ...]) -> str:
+        assert self._compiled is not None  # only called by _prefix_suffix, which checks it
         messages = [{"role": r, "content": _sentinel(i)} for i, r in enumerate(roles)]
         return self._compiled.render(
             messages=messages,

@@ -49,9 +49,9 @@ class ChoicesSamplingMethod:
         *,
         choices: list[str],
         normalized_prompt_logprobs: list[float],
-        input_token_logprobs: list[list[TokenLogprob]],
-        output_token_logprobs: list[list[TokenLogprob]],
-        unconditional_token_logprobs: Optional[list[list[TokenLogprob]]] = None,
+        input_token_logprobs: Sequence[Sequence[TokenLogprob]],
+        output_token_logprobs: Sequence[Sequence[TokenLogprob]],
+        unconditional_token_logprobs: Optional[Sequence[Sequence[TokenLogprob]]] = None,
     ) -> ChoicesDecision:
         raise NotImplementedError
 
