@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 try:  # optional dependency: `pip install sglite[gpu]`
-    import flashinfer  # type: ignore[import-not-found]
+    import flashinfer
 except Exception:  # ImportError, or a broken CUDA install raising something else
     flashinfer = None
 
@@ -85,6 +85,7 @@ class FlashInferAttnBackend(AttentionBackend):
         qo_indptr = None
         if fb.forward_mode.is_extend():
             qo_indptr = torch.zeros(bs + 1, dtype=torch.int32, device=dev)
+            assert fb.extend_seq_lens is not None  # set for every extend batch
             qo_indptr[1:] = torch.cumsum(fb.extend_seq_lens.to(torch.int32), 0)
         fb.attn_metadata = FlashInferMetadata(
             qo_indptr=qo_indptr,

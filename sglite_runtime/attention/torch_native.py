@@ -123,6 +123,7 @@ class TorchNativeAttnBackend(AttentionBackend):
             if out is None:
                 return o.reshape(bs, -1)
             out[rows] = o
+        assert out is not None  # more than one group
         return out.reshape(bs, -1)
 
     def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:

@@ -98,6 +98,7 @@ class TritonAttnBackend(AttentionBackend):
             fb.token_to_kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k3, v3)
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         o = torch.empty(q3.shape, dtype=q3.dtype, device=q3.device)  # contiguous even if q3 is a strided view
+        assert md.extend_seq_lens is not None and md.extend_start_loc is not None  # set for extend batches
         # The kernel reads the prefix from the pool and the new tokens from k3/v3, so it is
         # correct whether or not they were just stored.
         self._extend(

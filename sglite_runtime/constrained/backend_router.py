@@ -46,7 +46,7 @@ class RoutedGrammarBackend(BaseGrammarBackend):
         self.tokenizer = tokenizer
         self._think_vocab: ThinkVocab | None = None
         self.cfg = XGrammarBackend(tokenizer, vocab_size=vocab_size, eos_token_ids=eos_token_ids)
-        ws = {} if whitespace_pattern is None else {"whitespace_pattern": whitespace_pattern}
+        ws: dict[str, Any] = {} if whitespace_pattern is None else {"whitespace_pattern": whitespace_pattern}
         self.outlines = (OutlinesGrammarBackend(tokenizer, vocab_size=vocab_size, eos_token_ids=eos_token_ids, **ws)
                          if name == "outlines" else None)
 

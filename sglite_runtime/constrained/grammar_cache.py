@@ -169,7 +169,7 @@ class GrammarCache:
         except RuntimeError as exc:  # executor shut down
             self._resolve(entry, InvalidGrammar(f"grammar compiler unavailable: {exc}"))
             return
-        inner.add_done_callback(lambda f, e=entry: self._resolve(e, f.result()))
+        inner.add_done_callback(lambda f: self._resolve(entry, f.result()))
 
     def _compile(self, entry: _Entry) -> Any:
         """Runs in a cache thread; returns the compiled object or an InvalidGrammar."""

@@ -61,7 +61,7 @@ class JsonCloser:
         self.extra = 0         # _STRING: pending escape bytes; _NUMBER: 1 if a digit is due
         self.lit = ""          # _LITERAL: letters still to write
         self.num = ""          # _NUMBER: the part we are in: "int", "frac", "exp"
-        self.cont = ()         # _STRING: (lead byte, continuation bytes due) of a UTF-8 character
+        self.cont: tuple[int, int] | tuple[()] = ()  # _STRING: (lead byte, continuation bytes due) of a UTF-8 character
 
     # -- snapshots (rollback / copy) ----------------------------------------------------
     def snapshot(self) -> tuple:

@@ -47,8 +47,8 @@ def _forced_step(grammar: OutlinesGrammar, state: int) -> tuple[int, int] | None
                     break
         if len(first_bytes) == 1:
             byte = first_bytes.pop()
-            tid = compiled.single_byte_token.get(byte)
-            nxt = compiled.index.get_next_state(state, tid) if tid is not None else None
+            single = compiled.single_byte_token.get(byte)
+            nxt = compiled.index.get_next_state(state, single) if single is not None else None
             if nxt is not None:
                 step = (byte, nxt)
     cache[state] = step

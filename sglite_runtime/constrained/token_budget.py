@@ -9,6 +9,8 @@ row, built on first use from the state's successors sorted by distance, and cach
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from sglite_runtime.constrained.compile_worker import UNREACHABLE
@@ -18,6 +20,16 @@ from sglite_runtime.constrained.masks import pack_token_ids_np
 class BudgetTables:
     """Mixin for CompiledIndex: needs ``index``, ``distances``, ``max_distance``,
     ``stop_ids``, ``_stop_set``, ``vocab_size``, ``_successors`` and ``_budget_rows``."""
+
+    # Declared for the type checker; CompiledIndex.__init__ sets them.
+    index: Any  # outlines_core Index
+    distances: dict[int, int]
+    max_distance: int
+    stop_ids: Any  # a sequence of token ids
+    _stop_set: frozenset[int]
+    vocab_size: int
+    _successors: dict[int, tuple[np.ndarray, np.ndarray]]
+    _budget_rows: dict[tuple[int, int], tuple[np.ndarray, tuple[int, ...], bool] | None]
 
     def distance(self, state: int) -> int:
         """Fewest tokens from ``state`` to acceptance (UNREACHABLE if none)."""

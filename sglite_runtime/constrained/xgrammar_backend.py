@@ -164,13 +164,15 @@ class XGrammarGrammar(BaseGrammar):
     def _budget_row(self, row: np.ndarray) -> np.ndarray:
         """Keep only tokens after which the JSON can still close in the tokens left."""
         backend = self.compiled.backend
-        slack = self._budget - 1 - self.closer.distance()
+        assert self._budget is not None and self.closer is not None  # the caller checks both
+        closer = self.closer
+        slack = self._budget - 1 - closer.distance()
         if slack >= MAX_GROWTH_PER_BYTE * backend.max_token_bytes:
             return row
         if slack >= MAX_GROWTH_PER_BYTE:
             limited = row & backend.length_rows[slack // MAX_GROWTH_PER_BYTE]
         else:
-            byte = self.closer.canonical_byte()
+            byte = closer.canonical_byte()
             tid = backend.single_byte_token.get(byte) if byte is not None else None
             limited = row & backend.stop_row if tid is None else row & pack_token_ids_np([tid], backend.vocab_size)
         # Never an empty row (all -inf logits): then the grammar's own row stands.
@@ -198,6 +200,7 @@ class XGrammarGrammar(BaseGrammar):
     def copy(self) -> "XGrammarGrammar":
         dup = XGrammarGrammar(self.compiled, self.matcher.fork())
         if self.closer is not None:
+            assert dup.closer is not None  # same compiled grammar, so it tracks JSON too
             dup.closer.restore(self.closer.snapshot())
             dup._snaps = list(self._snaps)
         elif self.planner is not None:

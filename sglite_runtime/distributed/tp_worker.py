@@ -89,6 +89,7 @@ def init_distributed(server_args: ServerArgs, tp_rank: int, dist_init_addr: str)
     init_tp_group(backend=backend)
     cpu_group = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
     logger.info("TP rank %d/%d joined %s via %s", tp_rank, server_args.tp_size, backend, dist_init_addr)
+    assert cpu_group is not None  # this rank belongs to the group it just created
     return cpu_group
 
 

@@ -59,10 +59,10 @@ class LinearBase(nn.Module):
         self.tp_size = get_tp_size()
         dtype = params_dtype or torch.get_default_dtype()
         self.weight = nn.Parameter(torch.empty(out_per_rank, in_per_rank, dtype=dtype), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]  # loader hook on the Parameter
         if bias:
             self.bias = nn.Parameter(torch.empty(out_per_rank, dtype=dtype), requires_grad=False)
-            self.bias.weight_loader = self.weight_loader
+            self.bias.weight_loader = self.weight_loader  # type: ignore[attr-defined]  # loader hook on the Parameter
         else:
             self.register_parameter("bias", None)
 

@@ -49,8 +49,8 @@ class FusedMoE(nn.Module):
                                        requires_grad=False)
         self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, self.inter, dtype=dtype),
                                       requires_grad=False)
-        self.w13_weight.weight_loader = self._load_w13
-        self.w2_weight.weight_loader = self._load_w2
+        self.w13_weight.weight_loader = self._load_w13  # type: ignore[attr-defined]  # loader hook on the Parameter
+        self.w2_weight.weight_loader = self._load_w2  # type: ignore[attr-defined]  # loader hook on the Parameter
         self.act_fn = gated_activation(act)
 
     def _load_w13(self, param: nn.Parameter, loaded: torch.Tensor, shard: tuple[int, int]) -> None:

@@ -45,7 +45,7 @@ def rope_config_from_hf(hf_config: Any, layer_type: str | None = None) -> tuple[
     ``layer_type``); older configs use ``rope_theta`` plus ``rope_scaling``. ``rope_scaling`` is
     None for plain RoPE.
     """
-    params = getattr(hf_config, "rope_parameters", None)
+    params: Any = getattr(hf_config, "rope_parameters", None)
     local_base = getattr(hf_config, "rope_local_base_freq", None)
     if layer_type == "sliding_attention" and local_base and not _per_layer_type(params):
         # transformers 4.x Gemma 3: local layers use plain RoPE of rope_local_base_freq.
@@ -121,6 +121,12 @@ class RotaryEmbedding(nn.Module):
         dynamic: ``(factor, max_position_embeddings)`` for dynamic NTK scaling.
     """
 
+    # Buffers (register_buffer in __init__; the long_* pair only with long_inv_freq).
+    cos_cache: torch.Tensor
+    sin_cache: torch.Tensor
+    long_cos_cache: torch.Tensor
+    long_sin_cache: torch.Tensor
+
     def __init__(
         self,
         head_dim: int,
@@ -164,7 +170,8 @@ class RotaryEmbedding(nn.Module):
         half = x.shape[-1] // 2
         return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
-    def _apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # Not ``_apply``: that is nn.Module's hook that .to()/.float() call on every submodule.
         shape = x.shape
         x = x.view(shape[0], -1, self.head_dim)
         if self.rotary_dim == self.head_dim:
@@ -174,6 +181,7 @@ class RotaryEmbedding(nn.Module):
 
     def _dynamic_cos_sin(self, positions: torch.Tensor, seq_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """HF ``_compute_dynamic_ntk_parameters`` per token, with its request length as seq_len."""
+        assert self.dynamic is not None  # only called for dynamic NTK
         factor, max_pos = self.dynamic
         dim = self.rotary_dim
         lens = torch.clamp(seq_lens.to(torch.int64), min=max_pos)
@@ -208,11 +216,12 @@ class RotaryEmbedding(nn.Module):
                 sin = torch.where(use_long, self.long_sin_cache[positions], sin)
             else:
                 dyn_cos, dyn_sin = self._dynamic_cos_sin(positions, lens)
+                assert self.dynamic is not None  # needs_seq_lens: longrope or dynamic
                 grown = (lens > self.dynamic[1])[:, None]
                 cos, sin = torch.where(grown, dyn_cos, cos), torch.where(grown, dyn_sin, sin)
         cos = cos.unsqueeze(1).to(q.dtype)  # [T, 1, rotary_dim]
         sin = sin.unsqueeze(1).to(q.dtype)
-        return self._apply(q, cos, sin), self._apply(k, cos, sin)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     def extra_repr(self) -> str:
         return (f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, max_position={self.max_position}, "
@@ -252,23 +261,24 @@ def get_rope(
     if rope_type in ("yarn", "longrope", "dynamic") and hf_config is None:
         raise ValueError(f"rope_type {rope_type!r} needs the model config")
     kwargs: dict[str, Any] = {"rotary_dim": rotary_dim}
+    scaling: dict = rope_scaling or {}  # non-empty for every rope_type but "default"
     if rope_type == "default":
         inv_freq = _default_inv_freq(rotary_dim, base)
     elif rope_type == "linear":
-        inv_freq = _default_inv_freq(rotary_dim, base) / rope_scaling["factor"]
+        inv_freq = _default_inv_freq(rotary_dim, base) / scaling["factor"]
     elif rope_type == "llama3":
-        inv_freq = _llama3_inv_freq(_default_inv_freq(rotary_dim, base), rope_scaling, max_position)
+        inv_freq = _llama3_inv_freq(_default_inv_freq(rotary_dim, base), scaling, max_position)
     elif rope_type == "yarn":
         inv_freq, kwargs["attention_scaling"] = _hf_rope_init(hf_config, "yarn", layer_type)
     elif rope_type == "longrope":
-        original = rope_scaling.get("original_max_position_embeddings") or getattr(
+        original = scaling.get("original_max_position_embeddings") or getattr(
             hf_config, "original_max_position_embeddings")
         inv_freq, kwargs["attention_scaling"] = _hf_rope_init(hf_config, "longrope", layer_type)
         kwargs["long_inv_freq"], _ = _hf_rope_init(hf_config, "longrope", layer_type, seq_len=original + 1)
         kwargs["long_after"] = int(original)
     else:  # dynamic: the table holds the unscaled frequencies, used up to max_position_embeddings
         inv_freq, kwargs["attention_scaling"] = _hf_rope_init(hf_config, "dynamic", layer_type)
-        kwargs["dynamic"] = (float(rope_scaling["factor"]), int(hf_config.max_position_embeddings))
+        kwargs["dynamic"] = (float(scaling["factor"]), int(hf_config.max_position_embeddings))
     return RotaryEmbedding(head_dim, max_position, base, inv_freq, **kwargs)
 
 

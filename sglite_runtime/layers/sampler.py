@@ -93,7 +93,7 @@ class SampleOutput:
     # (``info.need_token_logprobs`` False): the normalizer costs as much as the argmax.
     next_token_logprobs: torch.Tensor | None
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
         yield self.next_token_ids
         yield self.next_token_logprobs
 

@@ -35,7 +35,7 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_end = self.vocab_start + self.num_per_rank
         dtype = params_dtype or torch.get_default_dtype()
         self.weight = nn.Parameter(torch.empty(self.num_per_rank, embedding_dim, dtype=dtype), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]  # loader hook on the Parameter
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
         """Copy this rank's rows of the full ``[vocab, dim]`` checkpoint table; zero the padding."""

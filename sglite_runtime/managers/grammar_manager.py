@@ -116,7 +116,9 @@ class GrammarManager:
     def add(self, req: "Req") -> bool:
         """Attach the request's grammar. True when it can be scheduled now; otherwise it
         waits in the grammar queue (or was rejected)."""
-        req.grammar_key = make_key(*grammar_key(req.sampling_params))
+        kind_spec = grammar_key(req.sampling_params)
+        assert kind_spec is not None  # only constrained requests are added
+        req.grammar_key = make_key(*kind_spec)
         grammar, fut = self.cache.get_or_submit(req.grammar_key)
         if fut is not None and self.synchronous:
             grammar = None

@@ -65,6 +65,7 @@ class PrefillAdder:
         self.new_chunked_req: "Req | None" = None
 
     def _decode_estimate(self, r: "Req") -> int:
+        assert r.sampling_params.max_new_tokens is not None  # request validation fills it in
         left = r.sampling_params.max_new_tokens - len(r.output_ids)
         return int(min(max(left, 0), CLIP_MAX_NEW_TOKENS_ESTIMATION) * self.new_token_ratio)
 

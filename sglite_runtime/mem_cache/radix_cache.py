@@ -55,12 +55,12 @@ class TreeNode:
     ):
         # Keyed by the first token (page_size 1) or the tuple of the first page's tokens.
         self.children: dict[Any, TreeNode] = {}
-        self.parent = parent
+        self.parent: TreeNode | None = parent  # None only for the root
         self.key: list[int] = key if key is not None else []
         self.value: torch.Tensor = value if value is not None else torch.empty(0, dtype=torch.int64)
-        self.lock_ref = lock_ref
-        self.last_access_time = last_access_time
-        self.id = next(TreeNode._id_counter)
+        self.lock_ref: int = lock_ref
+        self.last_access_time: int = last_access_time
+        self.id: int = next(TreeNode._id_counter)
 
     def __len__(self) -> int:
         return len(self.key)
@@ -282,6 +282,7 @@ class RadixCache:
             return 0
         delta = 0
         while node is not self.root_node:
+            assert node is not None, "a locked node's path reaches the root"
             assert node.lock_ref > 0, "dec_lock_ref without a matching inc_lock_ref"
             if node.lock_ref == 1:
                 self._evictable_size += len(node.key)

@@ -40,7 +40,7 @@ class Gemma3DecoderLayer(nn.Module):
         flags = AttentionFlags(qkv_bias=bias, o_bias=bias, qk_norm=True, norm_cls=GemmaRMSNorm)
         scaling = float(config.query_pre_attn_scalar) ** -0.5
         self.self_attn = LlamaAttention(config, layer_id, flags, dtype, rope, scaling=scaling)
-        act = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "gelu_pytorch_tanh")
+        act: Any = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "gelu_pytorch_tanh")
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, False, dtype, act)
         h, eps = config.hidden_size, config.rms_norm_eps
         self.input_layernorm = GemmaRMSNorm(h, eps, dtype)
@@ -105,7 +105,8 @@ class Gemma3ForCausalLM(nn.Module):
         self.vocab_size = config.vocab_size
         self.num_layers = config.num_hidden_layers
         self.head_dim = get_head_dim(config)
-        self.num_kv_heads = self.model.layers[0].self_attn.num_kv_heads
+        first_layer: Any = self.model.layers[0]  # a decoder layer (ModuleList items are typed Module)
+        self.num_kv_heads = first_layer.self_attn.num_kv_heads
         self.tp_size = get_tp_size()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: "ForwardBatch") -> torch.Tensor:

@@ -238,7 +238,8 @@ class LlamaForCausalLM(nn.Module):
         self.vocab_size = config.vocab_size
         self.num_layers = config.num_hidden_layers
         self.head_dim = get_head_dim(config)
-        self.num_kv_heads = self.model.layers[0].self_attn.num_kv_heads
+        first_layer: Any = self.model.layers[0]  # a decoder layer (ModuleList items are typed Module)
+        self.num_kv_heads = first_layer.self_attn.num_kv_heads
         self.tp_size = get_tp_size()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: "ForwardBatch") -> torch.Tensor:

@@ -65,8 +65,9 @@ def load_weights_from_iter(model: nn.Module, weights: Iterator[tuple[str, torch.
         for pname in params:
             if f".{fused}." in f".{pname}":
                 needed[pname].add(shard)
-    if hasattr(model, "required_shards"):
-        for pname, shards in model.required_shards().items():
+    required_shards = getattr(model, "required_shards", None)  # optional model hook
+    if required_shards is not None:
+        for pname, shards in required_shards().items():
             needed[pname] |= set(shards)
     name_map = getattr(model, "map_checkpoint_name", None)
     got: dict[str, set] = {name: set() for name in params}
@@ -100,7 +101,7 @@ def load_weights_from_iter(model: nn.Module, weights: Iterator[tuple[str, torch.
             got[target].add(shard)
     if unexpected:
         raise ValueError(f"checkpoint has {len(unexpected)} weights the model does not use: {unexpected[:10]}")
-    missing = []
+    missing: list[str] = []
     for pname, shards in needed.items():
         have = got[pname]
         if shards and not shards <= have:

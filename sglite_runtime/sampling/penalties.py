@@ -141,9 +141,12 @@ class BatchedPenalizer:
         nothing can lift a masked stop id back from -inf.
         """
         if self.repetition_penalties is not None:
+            assert self.seen_mask is not None  # allocated together with repetition_penalties
             pen = torch.where(self.seen_mask, self.repetition_penalties, 1.0)
             logits.copy_(torch.where(logits > 0, logits / pen, logits * pen))
         if self.frequency_penalties is not None:
+            # allocated together with frequency_penalties
+            assert self.output_counts is not None and self.presence_penalties is not None
             logits.sub_(self.output_counts * self.frequency_penalties
                         + (self.output_counts > 0).float() * self.presence_penalties)
         if self.logit_bias is not None:
