@@ -253,7 +253,8 @@ def launch_dp(server_args: ServerArgs) -> None:
     dep = launch_dp_deployment(server_args, policy)
     logger.info("sglite DP=%d serving at %s (sglang-router, %s) over %s", server_args.dp_size, dep.url, policy,
                 " ".join(dep.replica_urls))
-    code, reported = 0, set()
+    code = 0
+    reported: set[int] = set()  # replica indices already reported dead
     while not stop.wait(0.5):
         if dep.router is not None and dep.router.poll() is not None:
             logger.error("router exited with code %s; stopping", dep.router.returncode)

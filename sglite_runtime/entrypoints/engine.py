@@ -15,7 +15,7 @@ import atexit
 import logging
 import os
 import threading
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncGenerator, Iterator
 
 from sglite_runtime.entrypoints.engine_calls import EngineDeadError, check_outputs, submit, wait_async, wait_sync
 from sglite_runtime.entrypoints.launcher import RuntimeProcesses, launch_subprocesses
@@ -67,6 +67,7 @@ class Engine:
         atexit.register(self.shutdown)
 
     async def _make_tm(self, ready: Any) -> TokenizerManager:
+        assert self._procs is not None  # launched before the manager is made
         tm = TokenizerManager(self.server_args, self._procs.port_args, ready.context_len, ready.vocab_size,
                               ready.max_total_num_tokens)  # requests that can never fit the KV pool: ValueError
         tm.start()
@@ -163,7 +164,7 @@ class Engine:
     def _sync_stream(self, obj: GenerateReqInput) -> Iterator[dict]:
         return self._sync_iter(_incremental(self.tokenizer_manager.generate_request(obj)))
 
-    def _sync_iter(self, agen: AsyncIterator[dict]) -> Iterator[dict]:
+    def _sync_iter(self, agen: AsyncGenerator[dict, None]) -> Iterator[dict]:
         # Leaving the loop early (break, an exception, Ctrl-C) closes the generator on the engine
         # loop, which aborts the requests that are still running.
         try:
@@ -187,7 +188,7 @@ class Engine:
             return self._async_stream(obj)
         return await self._await(self._collect(obj))
 
-    async def _async_stream(self, obj: GenerateReqInput) -> AsyncIterator[dict]:
+    async def _async_stream(self, obj: GenerateReqInput) -> AsyncGenerator[dict, None]:
         agen = _incremental(self.tokenizer_manager.generate_request(obj))
         try:
             while True:
@@ -268,7 +269,7 @@ class Engine:
             pass
 
 
-async def _incremental(agen: AsyncIterator[dict]) -> AsyncIterator[dict]:
+async def _incremental(agen: AsyncGenerator[dict, None]) -> AsyncGenerator[dict, None]:
     """Turn cumulative stream chunks into deltas (text and output_ids), per batch index."""
     sent_text: dict[int, int] = {}
     sent_ids: dict[int, int] = {}

@@ -49,6 +49,7 @@ def create_app(server_args: ServerArgs, procs: Any = None) -> FastAPI:
     """Build the app. ``procs`` is the running ``RuntimeProcesses``; the TM is made at startup."""
     state = ServerState(server_args=server_args, procs=procs)
     if server_args.enable_metrics:
+        assert server_args.served_model_name is not None  # ServerArgs.__post_init__ defaults it
         state.metrics = ServerMetrics(server_args.served_model_name)
 
     @contextlib.asynccontextmanager

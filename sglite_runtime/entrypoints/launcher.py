@@ -78,6 +78,7 @@ def launch_subprocesses(server_args: ServerArgs) -> RuntimeProcesses:
     # A Hub id is downloaded (or found in the cache) here, once, with a progress bar, so a bad id
     # or an uncached offline model fails before any child starts; children find it cached.
     resolve_model_path(server_args.model_path, server_args.revision)
+    assert server_args.tokenizer_path is not None  # ServerArgs.__post_init__ defaults it
     if server_args.tokenizer_path != server_args.model_path:
         resolve_model_path(server_args.tokenizer_path, server_args.revision)
     port_args = PortArgs.new()
@@ -111,6 +112,7 @@ def launch_subprocesses(server_args: ServerArgs) -> RuntimeProcesses:
     if server_args.node_rank != 0:
         return RuntimeProcesses(port_args, procs, None)  # type: ignore[arg-type]
     ready = decode(msgs[0]["info"])
+    assert isinstance(ready, SchedulerReady)  # the scheduler's first message
     logger.info("runtime ready: %d KV tokens, max %d running requests, context %d, tp %d",
                 ready.max_total_num_tokens, ready.max_running_requests, ready.context_len, server_args.tp_size)
     return RuntimeProcesses(port_args, procs, ready)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response, StreamingResponse
@@ -96,6 +96,7 @@ class _LazyPrompts:
     def __getitem__(self, i: int) -> str:
         if self.texts is not None:
             return self.texts[i]
+        assert self.ids_list is not None  # one of texts and ids_list is set
         return self.tm.tokenizer.decode(self.ids_list[i])
 
 
@@ -103,12 +104,12 @@ class _LazyPrompts:
 async def _completions(tm: Any, req: CompletionRequest, request: Request) -> Response:
     p = req.prompt
     if isinstance(p, str) or (isinstance(p, list) and p and isinstance(p[0], str)):
-        texts = [p] if isinstance(p, str) else list(p)
-        ids_list = None
+        texts: list[str] | None = [p] if isinstance(p, str) else cast("list[str]", list(p))
+        ids_list: list[list[int]] | None = None
         batch = not isinstance(p, str)
     else:
         texts = None
-        ids_list = [p] if (not p or isinstance(p[0], int)) else list(p)
+        ids_list = [cast("list[int]", p)] if (not p or isinstance(p[0], int)) else cast("list[list[int]]", list(p))
         batch = bool(p) and not isinstance(p[0], int)
     if req.best_of not in (None, 1, req.n):
         raise APIError(400, "best_of is not supported.", "best_of")
@@ -140,7 +141,7 @@ async def _completions(tm: Any, req: CompletionRequest, request: Request) -> Res
         if with_input:
             toks = list(meta.get("input_token_logprobs", [])) + toks
             tops = list(meta.get("input_top_logprobs") or [None] * len(meta.get("input_token_logprobs", []))) + tops
-        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         off = 0
         for (logprob, _tid, text), top in zip(toks, tops + [None] * (len(toks) - len(tops))):
             text = text or ""

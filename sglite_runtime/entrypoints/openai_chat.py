@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from sglite_runtime.entrypoints.http_utils import json_response
 from sglite_runtime.entrypoints.openai_common import (APIError, _Deltas, _finish, _first, _run, _sampling,
                                                       _sse_stream, _usage)
-from sglite_runtime.entrypoints.openai_protocol import ChatCompletionRequest
+from sglite_runtime.entrypoints.openai_protocol import ChatCompletionRequest, CompletionRequest
 from sglite_runtime.entrypoints.reasoning import ReasoningStream, split_reasoning
 from sglite_runtime.entrypoints.tool_calls import (AutoStreamParser, ToolError, ToolSpec, forced_call_schema,
                                                    parse_auto, parse_forced, parse_tool_request, render_messages,
@@ -68,7 +68,7 @@ def render_chat(tm: Any, messages: list, add_generation_prompt: bool = True, too
         raise ValueError(f"Could not apply the chat template: {e}") from None
 
 
-def _response_format_schema(req: ChatCompletionRequest) -> str | None:
+def _response_format_schema(req: ChatCompletionRequest | CompletionRequest) -> str | None:
     rf = req.response_format
     if rf is None or rf.type == "text":
         return None
@@ -162,6 +162,7 @@ class _Choice:
                 calls = parse_forced(self.held, self.tools)
                 out += self._call_deltas(calls) if calls else ([{"content": self.held}] if self.held else [])
             return out
+        assert self.auto is not None  # tools given and not forced
         content, calls = self.auto.feed(text)
         if final:
             c2, calls2 = self.auto.finish()
@@ -197,6 +198,7 @@ async def chat_completion(tm: Any, req: ChatCompletionRequest, request: Request)
     forced = forced_call_schema(tools) if tools is not None else None
     if forced is not None:
         if schema is not None:
+            assert tools is not None  # forced comes from tools
             raise APIError(400, f"tool_choice {tools.choice!r} cannot be combined with response_format.",
                            "tool_choice")
         schema = json.dumps(forced)

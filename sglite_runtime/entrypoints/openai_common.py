@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 
 from sglite_runtime.entrypoints.http_utils import SSE_DONE, abort_status, error_body, sse
-from sglite_runtime.entrypoints.openai_protocol import SGLangExtras
+from sglite_runtime.entrypoints.openai_protocol import ChatCompletionRequest, CompletionRequest, SGLangExtras
 from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
 
 
@@ -49,7 +49,7 @@ def _constraints(req: SGLangExtras, json_schema: str | None) -> dict[str, Any]:
     return out
 
 
-def _sampling(req: SGLangExtras, max_tokens: int | None, json_schema: str | None = None) -> dict:
+def _sampling(req: CompletionRequest | ChatCompletionRequest, max_tokens: int | None, json_schema: str | None = None) -> dict:
     sp: dict[str, Any] = {
         "max_new_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
         "min_p": req.min_p, "min_new_tokens": req.min_tokens, "repetition_penalty": req.repetition_penalty,
@@ -80,7 +80,7 @@ def _usage(outs: list[dict], n: int) -> dict:
 
 async def _run(tm: Any, obj: GenerateReqInput, request: Request) -> list[dict]:
     """Non-streaming generation; always a list of outputs (prompt-major, then sample)."""
-    out = None
+    out: Any = None
     try:
         async for out in tm.generate_request(obj, request):
             pass

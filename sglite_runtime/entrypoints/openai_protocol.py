@@ -175,6 +175,7 @@ class GenerateRequest(BaseModel):
                      "background", "no_logs")
     @classmethod
     def _only_the_implemented_value(cls, v: bool, info: ValidationInfo) -> bool:
+        assert info.field_name is not None  # a field validator always has its field
         if v != cls.model_fields[info.field_name].default:
             raise ValueError(f"{info.field_name}={str(v).lower()} is not supported by this server")
         return v

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
@@ -136,7 +136,7 @@ async def run_program(request: Request) -> Response:
                              media_type="text/event-stream")
 
 
-async def _sse(agen: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+async def _sse(agen: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[str]:
     try:
         async for ev in agen:
             yield sse(ev)

@@ -104,6 +104,7 @@ class GuardMiddleware:
         if scheme.lower() != b"bearer":
             token = b""
         # Compare digests so the comparison time depends on neither the key nor its length.
+        assert self.key_digest is not None  # only asked when an API key is set
         return secrets.compare_digest(hashlib.sha256(token.strip()).digest(), self.key_digest)
 
 

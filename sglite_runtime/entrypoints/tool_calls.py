@@ -116,6 +116,7 @@ def forced_call_schema(spec: ToolSpec) -> dict | None:
     Named: one call object.  Required: one call (any tool), or a non-empty array of calls
     when ``parallel_tool_calls`` allows several."""
     if spec.choice == "named":
+        assert spec.named is not None  # set for a named choice
         return _call_schema(spec.function(spec.named))
     if spec.choice != "required":
         return None
@@ -126,7 +127,7 @@ def forced_call_schema(spec: ToolSpec) -> dict | None:
 
 # ---- rendering ---------------------------------------------------------------------------------
 def template_knows_tools(template: str | None) -> bool:
-    return bool(template) and "tools" in template
+    return template is not None and "tools" in template
 
 
 def render_messages(messages: list[dict], spec: ToolSpec | None, native: bool) -> list[dict]:
@@ -208,7 +209,8 @@ def parse_forced(text: str, spec: ToolSpec) -> list[dict] | None:
         return None
     objs = obj if isinstance(obj, list) else [obj]
     calls = [_call_from_json(json.dumps(o), spec.names) for o in objs]
-    return None if any(c is None for c in calls) else calls
+    valid = [c for c in calls if c is not None]
+    return None if len(valid) != len(calls) else valid
 
 
 def parse_auto(text: str, spec: ToolSpec) -> tuple[str | None, list[dict]]:
@@ -245,7 +247,8 @@ class AutoStreamParser:
     def feed(self, delta: str) -> tuple[str, list[dict]]:
         """New content to send, and newly completed calls."""
         self.buffer += delta
-        content, new = "", []
+        content = ""
+        new: list[dict] = []
         while True:
             start = self.buffer.find(TOOL_CALL_START)
             if start < 0:

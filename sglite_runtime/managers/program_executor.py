@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncGenerator, AsyncIterator, Optional
 
 from sglite.protocol.chat_template import ChatTemplate
 from sglite.protocol.graph import PRODUCERS, ProgramGraph, validate_graph, validate_sampling_defaults
@@ -160,6 +160,7 @@ class _GraphRun:
 
     def _skip(self, st: _StreamState, node: dict[str, Any]) -> None:
         """Fail ``node`` with the stream's error (and any branch it would have started)."""
+        assert st.error is not None  # a stream skips nodes only after it failed
         self.node_error[node["id"]] = st.error
         if node["op"] in PRODUCERS and node.get("name"):
             self._emit({"type": "error", "stream": st.sid, "name": node["name"], "node": node["id"],
@@ -245,7 +246,8 @@ class _GraphRun:
             logprob_start_len=top.get("logprob_start_len"), top_logprobs_num=top.get("top_logprobs_num"),
             return_text_in_logprobs=bool(top.get("return_text_in_logprobs")), stream=self.streaming and n == 1)
         if obj.stream:
-            prev, logprobs, meta = "", [], {}
+            prev, meta = "", {}
+            logprobs: list[Any] = []
             async for chunk in self.tm.generate_request(obj, self.request):
                 text = chunk["text"]
                 delta = text[len(prev):] if len(text) > len(prev) else ""
@@ -339,7 +341,7 @@ class ProgramExecutor:
         return validate_graph(graph_dict), validate_sampling_defaults(sampling_defaults)
 
     async def run(self, graph_dict: Any, sampling_defaults: Optional[dict[str, Any]] = None,
-                  stream: bool = False, request: Any = None) -> AsyncIterator[dict[str, Any]]:
+                  stream: bool = False, request: Any = None) -> AsyncGenerator[dict[str, Any], None]:
         """Execute one graph; yield its events (text deltas only when ``stream``)."""
         graph, defaults = self.validate(graph_dict, sampling_defaults)
         self.tm.start()

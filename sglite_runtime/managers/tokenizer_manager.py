@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, cast
 
 import zmq
 import zmq.asyncio
@@ -63,29 +63,36 @@ class GenerateReqInput:
     def is_batch(self) -> bool:
         if self.text is not None:
             return isinstance(self.text, list)
-        return bool(self.input_ids) and isinstance(self.input_ids[0], list)
+        return self.input_ids is not None and bool(self.input_ids) and isinstance(self.input_ids[0], list)
 
     def split(self) -> list["GenerateReqInput"]:
         """One single request per element of a batch request."""
         if not self.is_batch():
             return [self]
-        n = len(self.text if self.text is not None else self.input_ids)
+        # A batch: ``text`` is a list of prompts, or ``input_ids`` a list of id lists.
+        batch_ids: Any = self.input_ids
+        n = len(self.text if self.text is not None else batch_ids)
 
         def pick(v: Any, i: int) -> Any:
             return v[i] if isinstance(v, list) else v
 
         return [GenerateReqInput(
             text=self.text[i] if self.text is not None else None,
-            input_ids=self.input_ids[i] if self.text is None else None,
+            input_ids=batch_ids[i] if self.text is None else None,
             sampling_params=pick(self.sampling_params, i),
             rid=pick(self.rid, i), return_logprob=pick(self.return_logprob, i),
             logprob_start_len=pick(self.logprob_start_len, i), top_logprobs_num=pick(self.top_logprobs_num, i),
             return_text_in_logprobs=self.return_text_in_logprobs, stream=self.stream) for i in range(n)]
 
 
+def _single_rid(s: GenerateReqInput) -> str | None:
+    """The rid of a single request (``split()`` leaves one string or None per request)."""
+    return cast("str | None", s.rid)
+
+
 @dataclass
 class ReqState:
-    out_list: list[dict] = field(default_factory=list)
+    out_list: list[bool] = field(default_factory=list)  # one marker per update not yet read
     finished: bool = False
     event: asyncio.Event = field(default_factory=asyncio.Event)
     text: str = ""
@@ -100,6 +107,7 @@ class TokenizerManager:
     def __init__(self, server_args: ServerArgs, port_args: Any, context_len: int, vocab_size: int,
                  max_total_num_tokens: int | None = None):
         self.server_args = server_args
+        assert server_args.tokenizer_path is not None  # ServerArgs.__post_init__ defaults it
         self.tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.revision, server_args.trust_remote_code)
         # Request fields left unset take the model's generation_config.json values (SGLang's
         # --sampling-defaults model); explicit request values always win.
@@ -182,21 +190,23 @@ class TokenizerManager:
 
     # ---- validation and tokenization ---------------------------------------------------------
     def _tokenize(self, obj: GenerateReqInput) -> list[int]:
+        """Token ids of a single request (one element of ``split()``)."""
         if obj.input_ids is not None:
-            ids = list(obj.input_ids)
+            ids = list(cast("list[int]", obj.input_ids))
             bad = [t for t in ids if t < 0 or t >= self.vocab_size]
             if bad:
                 raise ValueError(f"Token id {bad[0]} is out of vocabulary (vocabulary size {self.vocab_size}).")
             return ids
-        if not obj.text:
+        text = cast("str | None", obj.text)
+        if not text:
             return []
         # No token spans more than _max_token_bytes bytes, so this bound is cheap and exact enough
         # to refuse a megabyte prompt without tokenizing it.
-        at_least = -(-len(obj.text.encode("utf-8", "surrogatepass")) // self._max_token_bytes)
+        at_least = -(-len(text.encode("utf-8", "surrogatepass")) // self._max_token_bytes)
         if at_least >= self.context_len:
             raise ValueError(f"The input (at least {at_least} tokens) is longer than the model's context length "
                              f"({self.context_len} tokens).")
-        return self.tokenizer.encode(obj.text, add_special_tokens=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def validate(self, ids: list[int], sp_dict: dict | None) -> SamplingParams:
         if sp_dict is not None and not isinstance(sp_dict, dict):
@@ -216,7 +226,7 @@ class TokenizerManager:
         return sp
 
     # ---- generate ------------------------------------------------------------------------------
-    async def generate_request(self, obj: GenerateReqInput, request: Any = None) -> AsyncIterator[Any]:
+    async def generate_request(self, obj: GenerateReqInput, request: Any = None) -> AsyncGenerator[Any, None]:
         """Yield outputs in the ``/generate`` shape: one dict (single) or a list (batch).
 
         Streaming yields cumulative text chunks (with ``index`` for batches). Raises
@@ -226,9 +236,10 @@ class TokenizerManager:
         if self.dead_message is not None:
             raise RuntimeError(self.dead_message)
         prepared = await self._prepare(obj)
-        expanded = []  # (index in the response, single, ids, sampling dict, rid)
+        # (index in the response, single, ids, sampling dict, rid)
+        expanded: list[tuple[int, GenerateReqInput, list[int], dict[str, Any], str]] = []
         for i, (s, ids, sp) in enumerate(prepared):
-            base = s.rid or uuid.uuid4().hex
+            base = _single_rid(s) or uuid.uuid4().hex
             if sp.n > 1:
                 for j in range(sp.n):
                     d = sp.to_dict() | {"n": 1}
@@ -240,13 +251,17 @@ class TokenizerManager:
         for _, s, ids, d, rid in expanded:
             if rid in self.rid_to_state:
                 raise ValueError(f"Duplicate request id {rid!r}.")
-        groups = {s.rid: [f"{s.rid}-{j}" for j in range(sp.n)] for s, _, sp in prepared if s.rid and sp.n > 1}
+        groups: dict[str, list[str]] = {}
+        for s, _, sp in prepared:
+            group_rid = _single_rid(s)
+            if group_rid and sp.n > 1:
+                groups[group_rid] = [f"{group_rid}-{j}" for j in range(sp.n)]
         self._rid_groups.update(groups)
         try:
             # Only now, with the whole batch valid, does anything reach the scheduler.
             for s, ids, sp in prepared:
                 if sp.n > 1:
-                    await self._precache_prefix(ids, s.rid or uuid.uuid4().hex)
+                    await self._precache_prefix(ids, _single_rid(s) or uuid.uuid4().hex)
             for _, s, ids, d, rid in expanded:
                 self._send(s, ids, d, rid)
             if obj.stream:
@@ -289,7 +304,7 @@ class TokenizerManager:
             prepared, fanout = [], 0
             for s in obj.split():
                 ids = self._tokenize(s)
-                sp = self.validate(ids, s.sampling_params)
+                sp = self.validate(ids, cast("dict | None", s.sampling_params))  # a single's: one dict
                 fanout += sp.n
                 if fanout > self.max_fanout:
                     raise ValueError(f"The request fans out to more than {self.max_fanout} sequences (prompts x n); "
@@ -307,13 +322,14 @@ class TokenizerManager:
 
     def _send(self, s: GenerateReqInput, ids: list[int], sp: dict, rid: str) -> None:
         self.rid_to_state[rid] = ReqState()
-        start = s.logprob_start_len if s.logprob_start_len is not None else -1
-        if start is not None and start >= len(ids):
+        start = cast("int | None", s.logprob_start_len)  # a single request's
+        start = start if start is not None else -1
+        if start >= len(ids):
             start = len(ids) - 1
         msg = TokenizedGenerateReqInput(
             rid=rid, input_text=s.text if isinstance(s.text, str) else None, input_ids=ids, sampling_params=sp,
             return_logprob=bool(s.return_logprob), logprob_start_len=start,
-            top_logprobs_num=int(s.top_logprobs_num or 0), stream=bool(s.stream))
+            top_logprobs_num=int(cast("int | None", s.top_logprobs_num) or 0), stream=bool(s.stream))
         self.send_to_scheduler.send(encode(msg))
         if self.server_args.log_requests:
             logger.info("request %s: %d prompt tokens, %s", rid, len(ids), sp)
@@ -341,7 +357,8 @@ class TokenizerManager:
                 state.out_list.clear()
                 return self._format(rid, state, s, incremental=False)
 
-    async def _stream(self, expanded, batched: bool, request: Any) -> AsyncIterator[dict]:
+    async def _stream(self, expanded: list[tuple[int, GenerateReqInput, list[int], dict[str, Any], str]], batched: bool,
+                      request: Any) -> AsyncGenerator[dict, None]:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(index: int, s: GenerateReqInput, rid: str) -> None:
@@ -457,6 +474,7 @@ class TokenizerManager:
 
     async def _control(self, req: Any, reply_type: type, timeout: float = 30.0) -> Any:
         self.start()
+        assert self._control_lock is not None  # created by start()
         async with self._control_lock:
             fut = asyncio.get_running_loop().create_future()
             self._control_futures[reply_type] = fut
