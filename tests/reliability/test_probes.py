@@ -124,16 +124,23 @@ def test_abort_exact_rid_and_abort_all_is_strict(rserver):
     url = rserver.url
     results: dict[str, Any] = {}
 
+    started = {rid: threading.Event() for rid in ("job", "job-1")}
+
     def run(rid: str) -> None:
-        results[rid] = httpx.post(url + "/generate", timeout=60, json={
-            "text": "hello", "rid": rid, "sampling_params": {"max_new_tokens": 200, "ignore_eos": True}}).json()
+        # Streamed, so the abort is sent once both are decoding (a fixed sleep let both finish
+        # first on a quiet machine: 200 tokens take ~0.8 s); 280 tokens each fit the pool together.
+        body = {"text": "hello", "rid": rid, "stream": True,
+                "sampling_params": {"max_new_tokens": 280, "ignore_eos": True}}
+        with httpx.stream("POST", url + "/generate", json=body, timeout=60) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    results[rid] = json.loads(line[len("data: "):])
+                    started[rid].set()
 
     threads = [threading.Thread(target=run, args=(rid,)) for rid in ("job", "job-1")]
     for t in threads:
         t.start()
-    import time
-
-    time.sleep(1.0)
+    assert all(e.wait(60) for e in started.values())
     r = _post(url, "/abort_request", {"abort_all": "yes"})
     assert r.status_code == 400, r.text
     assert _post(url, "/abort_request", {"rid": "job"}).status_code == 200
