@@ -7,9 +7,24 @@ TokenizerManager for control replies.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, TypedDict, Union
 
 import msgspec
+
+
+class FinishReason(TypedDict, total=False):
+    """Why a request finished: SGLang's ``meta_info["finish_reason"]``.
+
+    ``type`` is always set. The messages below carry it as a plain dict (decoding does not
+    re-validate it); this type is what the scheduler, detokenizer and TokenizerManager agree on.
+    """
+
+    type: str  # "stop" | "length" | "abort"
+    matched: str | int | None  # stop: the stop string or regex, or a stop token id; None for EOS
+    regex: bool  # stop: ``matched`` is a stop regex
+    length: int  # length: the tokens generated
+    message: str  # abort: why
+    status_code: int  # abort: the HTTP status the client gets
 
 
 class TokenizedGenerateReqInput(msgspec.Struct, tag=True):

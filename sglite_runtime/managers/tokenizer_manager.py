@@ -23,6 +23,7 @@ import zmq.asyncio
 from sglite_runtime.managers.io_struct import (
     AbortReq,
     BatchStrOut,
+    FinishReason,
     FlushCacheReq,
     FlushCacheReqOutput,
     GetInternalStateReq,
@@ -166,7 +167,7 @@ class TokenizerManager:
         """The runtime is gone: finish every waiting request with a server error (their clients
         get a 5xx with ``message``, never a hang or a 499), and refuse new ones."""
         self.dead_message = message
-        reason = {"type": "abort", "message": message, "status_code": status_code}
+        reason: FinishReason = {"type": "abort", "message": message, "status_code": status_code}
         for state in self.rid_to_state.values():
             if not state.finished:
                 state.meta["finish_reason"] = reason

@@ -16,12 +16,15 @@ output, with the request's own ``skip_special_tokens``: what it sees is what the
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from sglite_runtime.managers.io_struct import FinishReason
 
 Decode = Callable[[list[int], bool], str]
 
 
-def match_stop_text(sp: Any, output_ids: list[int], decode: Decode) -> dict | None:
+def match_stop_text(sp: Any, output_ids: list[int], decode: Decode) -> FinishReason | None:
     """The finish reason when the output now contains a stop string or matches a stop regex."""
     if sp.stop:
         tail = decode(output_ids[-(sp.stop_str_max_len + 2):], False)
@@ -36,7 +39,7 @@ def match_stop_text(sp: Any, output_ids: list[int], decode: Decode) -> dict | No
     return None
 
 
-def trim_stop(text: str, reason: dict) -> str:
+def trim_stop(text: str, reason: FinishReason | dict[str, Any]) -> str:
     """``text`` cut before the stop string or stop-regex match named by ``reason``."""
     matched = reason.get("matched")
     if not isinstance(matched, str) or not matched:
