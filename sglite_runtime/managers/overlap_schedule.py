@@ -36,12 +36,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _bind_device(device: str) -> None:
+    # The current CUDA device is per thread: the worker must run on the scheduler's GPU.
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
+
+
 class OverlapStepper:
     """Runs ``Scheduler.step`` with one decode step in flight on a worker thread."""
 
     def __init__(self, scheduler: "Scheduler"):
         self.s = scheduler
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sglite-model-worker")
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sglite-model-worker",
+                                       initializer=_bind_device, initargs=(str(scheduler.device),))
         self.inflight: tuple[ScheduleBatch, Future[StepResult]] | None = None
 
     def busy(self) -> bool:
