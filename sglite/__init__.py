@@ -44,6 +44,9 @@ _LAZY = {
 }
 
 
+_SUBPACKAGES = ("backend", "lang", "protocol")
+
+
 def __getattr__(name: str) -> _typing.Any:
     if name in _LAZY:
         import importlib
@@ -51,6 +54,10 @@ def __getattr__(name: str) -> _typing.Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBPACKAGES:  # `sglite.backend.as_backend(...)` after a bare `import sglite`
+        import importlib
+
+        return importlib.import_module(f"sglite.{name}")
     raise AttributeError(f"module 'sglite' has no attribute {name!r}")
 
 
