@@ -19,15 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from sglite_runtime.distributed import get_tp_size
 from sglite_runtime.layers.layernorm import GemmaRMSNorm
 from sglite_runtime.layers.rotary_embedding import RotaryEmbedding
-from sglite_runtime.layers.vocab_parallel_embedding import (
-    ParallelLMHead,
-    VocabParallelEmbedding,
-    vocab_parallel_logits,
+from sglite_runtime.layers.vocab_parallel_embedding import VocabParallelEmbedding
+from sglite_runtime.models.llama import (
+    AttentionFlags, LlamaAttention, LlamaForCausalLM, LlamaMLP, RopeTable, get_head_dim,
 )
-from sglite_runtime.models.llama import AttentionFlags, LlamaAttention, LlamaMLP, RopeTable, get_head_dim
 
 if TYPE_CHECKING:
     from sglite_runtime.model_executor.forward_batch import ForwardBatch
@@ -76,46 +73,25 @@ class Gemma3Model(nn.Module):
         return self.norm(hidden)
 
 
-class Gemma3ForCausalLM(nn.Module):
+class Gemma3ForCausalLM(LlamaForCausalLM):
     """The Gemma 3 text model with sglite's model contract (see ``LlamaForCausalLM``)."""
 
-    stacked_params_mapping: list[tuple[str, str, str | int]] = [
-        ("qkv_proj", "q_proj", "q"),
-        ("qkv_proj", "k_proj", "k"),
-        ("qkv_proj", "v_proj", "v"),
-        ("gate_up_proj", "gate_proj", 0),
-        ("gate_up_proj", "up_proj", 1),
-    ]
+    tie_word_embeddings_default = True
 
     def __init__(self, config: Any, dtype: torch.dtype | None = None):
-        super().__init__()
         if getattr(config, "attn_logit_softcapping", None):
             raise ValueError("attn_logit_softcapping is not supported (Gemma 2-style attention soft-capping)")
         if getattr(config, "use_bidirectional_attention", False):
             raise ValueError("use_bidirectional_attention=True (an embedding model) is not supported")
-        self.config = config
-        self.dtype = dtype or torch.get_default_dtype()
-        self.model = Gemma3Model(config, self.dtype)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        if self.tie_word_embeddings:
-            self.lm_head = self.model.embed_tokens
-        else:
-            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, params_dtype=self.dtype)
+        super().__init__(config, dtype)
         self.final_logit_softcapping = getattr(config, "final_logit_softcapping", None)
-        self.vocab_size = config.vocab_size
-        self.num_layers = config.num_hidden_layers
-        self.head_dim = get_head_dim(config)
-        first_layer: Any = self.model.layers[0]  # a decoder layer (ModuleList items are typed Module)
-        self.num_kv_heads = first_layer.self_attn.num_kv_heads
-        self.tp_size = get_tp_size()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: "ForwardBatch") -> torch.Tensor:
-        """Hidden states after the final norm, ``[num_tokens, hidden_size]``."""
-        return self.model(input_ids, positions, forward_batch)
+    def build_model(self, config: Any) -> nn.Module:
+        return Gemma3Model(config, self.dtype)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits ``[n, vocab_size]``, soft-capped when the config asks for it."""
-        logits = vocab_parallel_logits(self.lm_head, hidden)
+        logits = super().compute_logits(hidden)
         if self.final_logit_softcapping:
             cap = float(self.final_logit_softcapping)
             logits = torch.tanh(logits / cap) * cap

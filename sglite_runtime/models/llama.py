@@ -225,12 +225,19 @@ class LlamaForCausalLM(nn.Module):
         bias = bool(getattr(config, "attention_bias", False))
         return AttentionFlags(qkv_bias=bias, o_bias=bias, qk_norm=False)
 
+    # What a config without `tie_word_embeddings` means (HF's default differs by family).
+    tie_word_embeddings_default = False
+
+    def build_model(self, config: Any) -> nn.Module:
+        """The decoder stack; a family with other layers overrides this (e.g. Gemma 3)."""
+        return LlamaModel(config, self.attention_flags(config), self.dtype, self.decoder_layer_cls)
+
     def __init__(self, config: Any, dtype: torch.dtype | None = None):
         super().__init__()
         self.config = config
         self.dtype = dtype or torch.get_default_dtype()
-        self.model = LlamaModel(config, self.attention_flags(config), self.dtype, self.decoder_layer_cls)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.model = self.build_model(config)
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", self.tie_word_embeddings_default))
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens  # same Parameter; compute_logits uses its weight
         else:
