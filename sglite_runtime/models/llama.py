@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -236,7 +236,8 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.dtype = dtype or torch.get_default_dtype()
-        self.model = self.build_model(config)
+        # LlamaModel or a family's own stack with the same attributes (embed_tokens, layers).
+        self.model: Any = cast(Any, self.build_model(config))
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", self.tie_word_embeddings_default))
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens  # same Parameter; compute_logits uses its weight
