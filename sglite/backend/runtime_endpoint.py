@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import uuid
 from typing import Any, Iterator, Optional, Union
 
 from sglite.backend.base import BaseBackend
@@ -62,6 +64,8 @@ class RuntimeEndpoint(BaseBackend):
         if verify is not None:
             self._session.verify = verify
         self._programs = ProgramRouting(self)  # /run_program here, or on a replica behind a router
+        # thread id -> rids of the /generate call that thread waits on, for cancel_threads (Ctrl-C).
+        self._inflight: dict[int, list[str]] = {}
         self.get_model_info()
 
     @property
@@ -82,12 +86,36 @@ class RuntimeEndpoint(BaseBackend):
         return self._checked(self._request("GET", "/get_model_info")).json()
 
     # -- transport ----------------------------------------------------------
+    def _tagged(self, payload: dict[str, Any], stream: bool) -> dict[str, Any]:
+        """The body with a fresh rid per prompt, remembered for this thread until the call ends,
+        so that an interrupted call can be aborted on the server by exact rid."""
+        batch = payload.get("text", payload.get("input_ids"))
+        is_batch = isinstance(payload.get("text"), list) or (
+            isinstance(batch, list) and bool(batch) and isinstance(batch[0], list))
+        base = uuid.uuid4().hex
+        rids = [f"{base}-{i}" for i in range(len(batch))] if is_batch and batch else [base]
+        self._inflight[threading.get_ident()] = rids
+        return dict(payload, stream=stream, rid=rids if is_batch else rids[0])
+
     def _generate_raw(self, payload: dict[str, Any]) -> Union[dict[str, Any], list[dict[str, Any]]]:
-        body = dict(payload, stream=False)
-        return self._checked(self._request("POST", "/generate", json=body)).json()
+        body = self._tagged(payload, stream=False)
+        try:
+            return self._checked(self._request("POST", "/generate", json=body)).json()
+        finally:
+            self._inflight.pop(threading.get_ident(), None)
+
+    def cancel_threads(self, thread_ids: list[int]) -> None:
+        """Abort on the server the /generate calls these threads wait on (Ctrl-C while a program
+        runs): the worker's blocking HTTP call cannot be interrupted, but its request can."""
+        for tid in thread_ids:
+            for rid in self._inflight.pop(tid, []):
+                try:
+                    self._request("POST", "/abort_request", json={"rid": rid}, timeout=5)
+                except Exception as e:  # noqa: BLE001 - best effort: the server may be gone
+                    logger.warning("could not abort request %s: %s", rid, e)
 
     def _generate_raw_stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        body = dict(payload, stream=True)
+        body = self._tagged(payload, stream=True)
         resp = self._checked(self._request("POST", "/generate", json=body, stream=True))
         try:
             for raw in resp.iter_lines(decode_unicode=False):
@@ -107,6 +135,7 @@ class RuntimeEndpoint(BaseBackend):
                 yield chunk
         finally:
             resp.close()
+            self._inflight.pop(threading.get_ident(), None)
 
     # -- compiled programs ----------------------------------------------------
     def run_program(self, graph: Any, sampling_params: Optional[dict[str, Any]] = None,

@@ -26,7 +26,9 @@ def test_exact_generate_body(server):
     ep = RuntimeEndpoint(server.url, api_key="sk-test")
     state = program.run(backend=ep, top_k=5)
     assert state["a"] == " lorem ipsum dolor"
-    body = server.model.requests[-1]
+    body = dict(server.model.requests[-1])
+    # A fresh rid per call, so that Ctrl-C can abort exactly this request on the server.
+    assert isinstance(body.pop("rid"), str)
     assert body == {
         "text": "Q: hi\nA:",
         "sampling_params": {
