@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncGenerator, cast
+from typing import Any, AsyncGenerator, Callable, cast
 
 import zmq
 import zmq.asyncio
@@ -529,7 +529,7 @@ def _max_token_bytes(tokenizer: Any) -> int:
         return 1 << 30
 
 
-def _make_grammar_validator():
+def _make_grammar_validator() -> Callable[[Any], None]:
     from sglite_runtime.managers.grammar_manager import validate_sampling_params
 
     return validate_sampling_params
