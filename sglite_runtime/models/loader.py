@@ -14,11 +14,14 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 from torch import nn
+
+if TYPE_CHECKING:
+    from sglite_runtime.models.llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +149,7 @@ def load_model(
     device: str | torch.device = "cpu",
     revision: str | None = None,
     trust_remote_code: bool = False,
-) -> tuple[nn.Module, Any]:
+) -> tuple[LlamaForCausalLM, Any]:
     """Build the sglite model for ``model_path`` (a folder or a Hub id) on ``device`` and load
     its weights, cast to ``dtype`` (default: the config's) whatever dtype the checkpoint stores.
 

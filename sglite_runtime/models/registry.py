@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from sglite_runtime.models.llama import LlamaForCausalLM
 
 # architecture name → "module:ClassName"; imported lazily so one broken model can't break all.
 _MODELS: dict[str, str] = {
@@ -25,8 +26,10 @@ def supported_architectures() -> list[str]:
     return sorted(_MODELS)
 
 
-def get_model_class(hf_config: Any) -> type[nn.Module]:
-    """The sglite model class for an HF config; ValueError naming the supported ones otherwise."""
+def get_model_class(hf_config: Any) -> type[LlamaForCausalLM]:
+    """The sglite model class for an HF config; ValueError naming the supported ones otherwise.
+
+    Every family is a LlamaForCausalLM (its forward/compute_logits contract)."""
     archs = getattr(hf_config, "architectures", None) or []
     if not archs:
         raise ValueError(f"config has no 'architectures'; supported: {', '.join(supported_architectures())}")
