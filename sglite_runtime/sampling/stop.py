@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 Decode = Callable[[list[int], bool], str]
 
 
-def match_stop_text(sp: Any, output_ids: list[int], decode: Decode) -> FinishReason | None:
+def match_stop_text(sp: Any, output_ids: list[int], decode: Decode) -> dict[str, Any] | None:
     """The finish reason when the output now contains a stop string or matches a stop regex."""
     if sp.stop:
         tail = decode(output_ids[-(sp.stop_str_max_len + 2):], False)
