@@ -199,7 +199,9 @@ class ScheduleBatch:
         out_cache_loc = self.allocator.alloc_extend(prefix_lens, seq_lens, self._last_locs(prefix_lens))
         if out_cache_loc is None:
             raise RuntimeError("out of KV slots in extend; admission should have prevented this")
-        ids, pos, start = [], [], 0
+        ids: list[int] = []
+        pos: list[int] = []
+        start = 0
         for r, p, s, n in zip(self.reqs, prefix_lens, seq_lens, extend_lens):
             table[r.req_pool_idx, p:s] = out_cache_loc[start : start + n].to(table.dtype)
             ids.extend(r.fill_ids[p:s])
@@ -229,6 +231,7 @@ class ScheduleBatch:
         self.forward_mode = ForwardMode.DECODE
         self.kv_lens = list(self.seq_lens_cpu)
         self.input_ids = self.output_ids
+        assert self.seq_lens is not None  # set by the prefill this batch ran
         self.seq_lens = self.seq_lens + 1
         self.seq_lens_cpu = [s + 1 for s in self.seq_lens_cpu]
         self.positions = self.seq_lens - 1
@@ -251,6 +254,8 @@ class ScheduleBatch:
         if self.kv_lens:
             self.kv_lens = [self.kv_lens[i] for i in keep]
         idx = torch.tensor(keep, dtype=torch.int64, device=self.device)
+        # A batch that ran has its tensors.
+        assert self.req_pool_indices is not None and self.seq_lens is not None and self.output_ids is not None
         self.req_pool_indices = self.req_pool_indices[idx]
         self.seq_lens = self.seq_lens[idx]
         self.seq_lens_cpu = [self.seq_lens_cpu[i] for i in keep]
@@ -270,6 +275,9 @@ class ScheduleBatch:
                 other.req_pool_indices, other.seq_lens, other.output_ids)
             self.seq_lens_cpu = list(other.seq_lens_cpu)
             return
+        # Both batches ran, so both have their tensors.
+        assert self.seq_lens is not None and self.output_ids is not None
+        assert other.req_pool_indices is not None and other.seq_lens is not None and other.output_ids is not None
         self.req_pool_indices = torch.cat([self.req_pool_indices, other.req_pool_indices])
         self.seq_lens = torch.cat([self.seq_lens, other.seq_lens])
         self.seq_lens_cpu = self.seq_lens_cpu + other.seq_lens_cpu

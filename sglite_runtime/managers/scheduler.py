@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from sglite_runtime.managers.io_struct import (
     AbortReq,
@@ -73,6 +73,7 @@ class Scheduler:
 
         from sglite_runtime.utils.hf_utils import get_eos_token_ids, get_tokenizer
 
+        assert server_args.tokenizer_path is not None  # ServerArgs.__post_init__ defaults it
         self.tokenizer = get_tokenizer(server_args.tokenizer_path, server_args.revision, server_args.trust_remote_code)
         self.eos_token_ids = get_eos_token_ids(server_args.model_path, self.tokenizer, server_args.revision)
         self.sampler = self._make_sampler()
@@ -117,7 +118,7 @@ class Scheduler:
     # ---- inputs ----------------------------------------------------------------------------
     def process_input_requests(self, msgs: list[Any]) -> list[Any]:
         """Handle incoming messages; returns control replies for the tokenizer manager."""
-        replies = []
+        replies: list[FlushCacheReqOutput | GetInternalStateReqOutput] = []
         for msg in msgs:
             if isinstance(msg, TokenizedGenerateReqInput):
                 self.handle_generate_request(msg)
@@ -272,7 +273,8 @@ class Scheduler:
         if not batch.check_decode_mem():
             retracted = batch.retract_decode()
             self.num_retracted += len(retracted)
-            total_max_new = sum(r.sampling_params.max_new_tokens for r in batch.reqs) or 1
+            # max_new_tokens is always set once a request is admitted (request validation).
+            total_max_new = sum(cast(int, r.sampling_params.max_new_tokens) for r in batch.reqs) or 1
             decoded = sum(len(r.output_ids) for r in batch.reqs)
             self.new_token_ratio = min(1.0, (decoded + RETRACT_DECODE_STEPS * batch.batch_size()) / total_max_new)
             logger.info("KV cache full: retracted %d requests; new_token_ratio=%.3f", len(retracted), self.new_token_ratio)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -111,7 +111,8 @@ class SchedulerOutputProcessor:
             except Exception as e:  # this request fails alone (finished by the extend loop)
                 self.fail_req(batch.reqs[i], e)
 
-    def _input_logprobs_one(self, r: "Req", logprobs: torch.Tensor, lo: int, hi: int, first_pos: int) -> None:
+    def _input_logprobs_one(self, r: "Req", logprobs: torch.Tensor | None, lo: int, hi: int, first_pos: int) -> None:
+        assert logprobs is not None  # a step with input-logprob spans computed them
         ids = r.origin_input_ids
         if r.input_token_logprobs is None:
             r.input_token_logprobs, r.input_top_logprobs = [], []
@@ -125,6 +126,7 @@ class SchedulerOutputProcessor:
         tok = torch.tensor([ids[q + 1] for q in qs], device=logprobs.device)
         vals = logprobs[row_idx].gather(1, tok[:, None]).squeeze(1).tolist()
         r.input_token_logprobs.extend(zip(vals, tok.tolist()))
+        assert r.input_top_logprobs is not None  # started with input_token_logprobs
         if r.top_logprobs_num > 0:
             tv, ti = logprobs[row_idx].topk(r.top_logprobs_num, dim=-1)
             r.input_top_logprobs.extend([list(zip(a, b)) for a, b in zip(tv.tolist(), ti.tolist())])
@@ -200,6 +202,7 @@ class SchedulerOutputProcessor:
         """
         if r.grammar is None or self.grammar_manager is None:
             return False
+        assert r.sampling_params.max_new_tokens is not None  # request validation fills it in
         budget = r.sampling_params.max_new_tokens - len(r.output_ids) - 1
         forced = self.grammar_manager.forced_tokens(r)[: max(budget, 0)]
         if len(forced) < MIN_JUMP_TOKENS:
@@ -235,7 +238,7 @@ class SchedulerOutputProcessor:
             r.finished_reason = {"type": "stop", "matched": last}
         elif r.grammar is not None and r.grammar.is_terminated():
             r.finished_reason = {"type": "stop", "matched": None}
-        elif len(r.output_ids) >= sp.max_new_tokens:
+        elif len(r.output_ids) >= cast(int, sp.max_new_tokens):  # set by request validation
             r.finished_reason = {"type": "length", "length": sp.max_new_tokens}
         elif sp.stop or sp.stop_regex:
             r.finished_reason = match_stop_text(sp, r.output_ids, self._decode_for_stop)

@@ -50,7 +50,9 @@ class ModelRunner:
         self.dtype = next(self.model.parameters()).dtype
         cfg = self.hf_config
         self.vocab_size = cfg.vocab_size
-        self.context_len = server_args.context_length or getattr(cfg, "max_position_embeddings", 2048)
+        context_len = server_args.context_length or getattr(cfg, "max_position_embeddings", 2048)
+        assert context_len is not None  # the flag's, or the config's max_position_embeddings
+        self.context_len: int = context_len
         self.num_layers = cfg.num_hidden_layers
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.head_dim = head_dim

@@ -74,6 +74,9 @@ class ModelWorker:
     # ---- forward inputs ------------------------------------------------------------------
     def build_forward_batch(self, batch: "ScheduleBatch") -> ForwardBatch:
         mr = self.model_runner
+        # prepare_for_extend/prepare_for_decode set them.
+        assert (batch.input_ids is not None and batch.positions is not None and batch.out_cache_loc is not None
+                and batch.req_pool_indices is not None and batch.seq_lens is not None)
         fb = ForwardBatch(
             forward_mode=batch.forward_mode,
             batch_size=batch.batch_size(),
