@@ -230,3 +230,28 @@ def run_sglite_forward(
     if first:
         runner.extend([r for r, _ in first], [t for _, t in first])
     return runner.extend(rows, [t[p:] for t, p in zip(tokens_per_req, prefix_lens)])
+
+
+# Three requests of different lengths for parity tests; the 70-token one crosses the original
+# context of the RoPE-scaling cases (64), so long factors and scaled bases are exercised.
+PARITY_SEQS = [
+    [(7 * i + 3) % 256 for i in range(17)],
+    [5, 9, 200, 31],
+    [(13 * i + 1) % 256 for i in range(70)],
+]
+
+
+def tiny_model_cache(tmp_path_factory: Any, cases: dict[str, tuple[str, dict]], seed_base: int):
+    """``get(case name) -> (path, hf_model, sglite_model)``, each built once (seeds in build order)."""
+    from sglite_runtime.models.loader import load_model
+
+    cache: dict[str, tuple] = {}
+
+    def get(name: str) -> tuple:
+        if name not in cache:
+            arch, overrides = cases[name]
+            path, hf = make_tiny_model(tmp_path_factory.mktemp(name), arch, seed=len(cache) + seed_base, **overrides)
+            cache[name] = (path, hf, load_model(path)[0])
+        return cache[name]
+
+    return get

@@ -13,7 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from model_utils import TinyRunner, hf_logits, make_tiny_model, run_sglite_forward  # noqa: E402
+from model_utils import (  # noqa: E402
+    PARITY_SEQS, TinyRunner, hf_logits, make_tiny_model, run_sglite_forward, tiny_model_cache,
+)
 
 from sglite_runtime.layers.rotary_embedding import get_rope, rope_config_from_hf  # noqa: E402
 from sglite_runtime.models.loader import load_model  # noqa: E402
@@ -39,28 +41,13 @@ CASES = {
     "qwen3-bias-headdim-tied": ("qwen3", dict(attention_bias=True, head_dim=32, tie_word_embeddings=True)),
     "mistral": ("mistral", dict(num_key_value_heads=1)),
 }
-# Three requests of different lengths (one crosses the llama3 original context of 64).
-SEQS = [
-    [(7 * i + 3) % 256 for i in range(17)],
-    [5, 9, 200, 31],
-    [(13 * i + 1) % 256 for i in range(70)],
-]
+SEQS = PARITY_SEQS
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Cached ``case name -> (path, hf_model, sglite_model)``."""
-    cache: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in cache:
-            arch, overrides = CASES[name]
-            path, hf = make_tiny_model(tmp_path_factory.mktemp(name), arch, seed=len(cache) + 1, **overrides)
-            model, _ = load_model(path)
-            cache[name] = (path, hf, model)
-        return cache[name]
-
-    return get
+    return tiny_model_cache(tmp_path_factory, CASES, seed_base=1)
 
 
 def _max_diff(got: list[torch.Tensor], seqs: list[list[int]], hf, start: list[int] | None = None) -> float:

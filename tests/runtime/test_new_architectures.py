@@ -12,9 +12,10 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from model_utils import TinyRunner, hf_logits, make_tiny_model, run_sglite_forward  # noqa: E402
+from model_utils import (  # noqa: E402
+    PARITY_SEQS, TinyRunner, hf_logits, run_sglite_forward, tiny_model_cache,
+)
 
-from sglite_runtime.models.loader import load_model  # noqa: E402
 
 ATOL = 1e-4
 ORIG = 32  # original context of the scaled-RoPE cases
@@ -48,26 +49,13 @@ CASES = {
     "qwen2-dynamic": ("qwen2", dict(max_position_embeddings=ORIG, rope_parameters=dict(
         rope_type="dynamic", rope_theta=10000.0, factor=2.0))),
 }
-# Requests of 17, 4 and 70 tokens: the last one is past ORIG (long factors / dynamic base).
-SEQS = [
-    [(7 * i + 3) % 256 for i in range(17)],
-    [5, 9, 200, 31],
-    [(13 * i + 1) % 256 for i in range(70)],
-]
+SEQS = PARITY_SEQS
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cache: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in cache:
-            arch, overrides = CASES[name]
-            path, hf = make_tiny_model(tmp_path_factory.mktemp(name), arch, seed=len(cache) + 31, **overrides)
-            cache[name] = (path, hf, load_model(path)[0])
-        return cache[name]
-
-    return get
+    """Cached ``case name -> (path, hf_model, sglite_model)``."""
+    return tiny_model_cache(tmp_path_factory, CASES, seed_base=31)
 
 
 def _worst(got, seqs, hf, start=None) -> float:
