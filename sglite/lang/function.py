@@ -113,19 +113,7 @@ class SglFunction:
 
         if not batch_kwargs:
             return []
-        free = [n_ for n_ in self.arg_names if n_ not in self.bind_arguments]
-        normalized = []
-        for item in batch_kwargs:
-            if isinstance(item, dict):
-                normalized.append(self._call_kwargs((), item))
-            elif isinstance(item, (list, tuple)):
-                required = [a for a in free if self._param_default(a) is inspect.Parameter.empty]
-                if not len(required) <= len(item) <= len(free):
-                    raise TypeError(f"expected {len(required)} to {len(free)} positional arguments {free}, "
-                                    f"got {len(item)}")
-                normalized.append(self._call_kwargs(tuple(item), {}))
-            else:
-                raise TypeError(f"batch items must be dicts or tuples, got {type(item).__name__}")
+        normalized = [self._batch_item_kwargs(item) for item in batch_kwargs]
         defaults = _defaults(
             max_new_tokens=max_new_tokens, n=n, stop=stop, stop_token_ids=stop_token_ids,
             stop_regex=stop_regex,
@@ -146,24 +134,42 @@ class SglFunction:
                 return iter(tqdm(states, total=len(normalized)))
             return states
         if compile is not False:
-            from sglite.lang.compiler import run_batch_maybe_compiled
-            from sglite.lang.interpreter import new_progress_bar
-
-            bar = new_progress_bar(len(normalized)) if progress_bar else None
-            try:
-                states, rest = run_batch_maybe_compiled(self, normalized, defaults, backend, compile)
-                if bar is not None:  # the compiled programs ran in one call
-                    bar.update(len(normalized) - len(rest))
-                if rest:
-                    interpreted = run_program_batch(self.func, backend, [normalized[i] for i in rest], defaults,
-                                                    num_threads, bar if bar is not None else False)
-                    for i, st in zip(rest, interpreted):
-                        states[i] = st
-            finally:
-                if bar is not None:
-                    bar.close()
-            return states
+            return self._run_batch_compiled(normalized, defaults, backend, num_threads, progress_bar, compile)
         return run_program_batch(self.func, backend, normalized, defaults, num_threads, progress_bar)
+
+    def _batch_item_kwargs(self, item: Any) -> dict[str, Any]:
+        """One ``run_batch`` element (a dict of arguments, or a positional tuple) as call kwargs."""
+        if isinstance(item, dict):
+            return self._call_kwargs((), item)
+        if not isinstance(item, (list, tuple)):
+            raise TypeError(f"batch items must be dicts or tuples, got {type(item).__name__}")
+        free = [n_ for n_ in self.arg_names if n_ not in self.bind_arguments]
+        required = [a for a in free if self._param_default(a) is inspect.Parameter.empty]
+        if not len(required) <= len(item) <= len(free):
+            raise TypeError(f"expected {len(required)} to {len(free)} positional arguments {free}, "
+                            f"got {len(item)}")
+        return self._call_kwargs(tuple(item), {})
+
+    def _run_batch_compiled(self, normalized: list[dict[str, Any]], defaults: Any, backend: Any,
+                            num_threads: Union[str, int], progress_bar: bool, compile: Union[bool, str]) -> list:
+        """``run_batch(compile=...)``: compiled programs go in ONE backend call, the rest are interpreted."""
+        from sglite.lang.compiler import run_batch_maybe_compiled
+        from sglite.lang.interpreter import new_progress_bar, run_program_batch
+
+        bar = new_progress_bar(len(normalized)) if progress_bar else None
+        try:
+            states, rest = run_batch_maybe_compiled(self, normalized, defaults, backend, compile)
+            if bar is not None:  # the compiled programs ran in one call
+                bar.update(len(normalized) - len(rest))
+            if rest:
+                interpreted = run_program_batch(self.func, backend, [normalized[i] for i in rest], defaults,
+                                                num_threads, bar if bar is not None else False)
+                for i, st in zip(rest, interpreted):
+                    states[i] = st
+        finally:
+            if bar is not None:
+                bar.close()
+        return states
 
     def compile(self, *args: Any, **kwargs: Any):
         """Trace this program with all its arguments into a ``CompiledProgram``.
