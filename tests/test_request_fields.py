@@ -15,6 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from option_checks import Ctx, _app_client, covered, run_to_completion, submit
+from sglite_runtime.managers.io_struct import FinishLength, FinishReason, FinishStop
 from sglite_runtime.server_args import ServerArgs
 
 
@@ -70,11 +71,11 @@ SAMPLING_COVERED = {
 }
 
 
-def _detok(tok: Any, ids: list[int], reason: dict | None = None, **sp: Any) -> str:
+def _detok(tok: Any, ids: list[int], reason: FinishReason | None = None, **sp: Any) -> str:
     from sglite_runtime.managers.detokenizer_manager import DetokenizerManager
     from sglite_runtime.managers.io_struct import BatchTokenIDOut
 
-    msg = BatchTokenIDOut(["r"], [ids], [reason or {"type": "length"}], [1], [len(ids)], [0],
+    msg = BatchTokenIDOut(["r"], [ids], [reason or FinishLength(length=len(ids))], [1], [len(ids)], [0],
                           [sp.get("skip_special_tokens", True)], [sp.get("no_stop_trim", False)],
                           [None], [None], [None], [None], [sp.get("spaces_between_special_tokens", True)])
     return DetokenizerManager(tok).handle_batch_token_id_out(msg).texts[0]
@@ -104,11 +105,11 @@ def test_every_sampling_field_changes_behaviour(ctx: Ctx) -> None:
     assert spaced == " ".join(p for p in re.split(r"\s*(<\|[a-z]+\|>)\s*", spaced) if p) or "<|" in spaced
     joined = _detok(ctx.tok, g, skip_special_tokens=False, spaces_between_special_tokens=False)
     assert joined == ctx.tok.decode(g, skip_special_tokens=False) != spaced
-    word_stop = {"type": "stop", "matched": cases["stop"][0]["stop"]}
+    word_stop = FinishStop(matched=cases["stop"][0]["stop"])
     full = ctx.tok.decode(g, skip_special_tokens=True)
-    assert _detok(ctx.tok, g, word_stop) == full[: full.find(word_stop["matched"])]
+    assert _detok(ctx.tok, g, word_stop) == full[: full.find(cases["stop"][0]["stop"])]
     assert _detok(ctx.tok, g, word_stop, no_stop_trim=True) == full
-    rx = {"type": "stop", "matched": r"\bo\w", "regex": True}
+    rx = FinishStop(matched=r"\bo\w", regex=True)
     assert _detok(ctx.tok, g, rx) == full[: re.search(r"\bo\w", full).start()]
 
 

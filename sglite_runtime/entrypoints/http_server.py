@@ -187,7 +187,7 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache(body: FlushCacheRequest | None = None) -> Response:
-        out = await state.tm.flush_cache()
+        out = await state.tm.flush_cache(empty_cache=bool(body and body.empty_cache))
         if out.success:
             return PlainTextResponse("Cache flushed.\nPlease check backend logs for more details.\n")
         msg = out.message or "Cache not flushed: there are running or waiting requests."

@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from sglite_runtime.managers.io_struct import FinishAbort
+
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                     10.0, 20.0, 40.0, 80.0, 160.0)
 _ITL_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
@@ -70,8 +72,7 @@ class ServerMetrics:
         self.num_requests.inc()
         self.prompt_tokens.inc(m.get("prompt_tokens", 0) or 0)
         self.cached_tokens.inc(m.get("cached_tokens", 0) or 0)
-        fr = m.get("finish_reason")
-        if isinstance(fr, dict) and fr.get("type") == "abort":
+        if isinstance(state.finish_reason, FinishAbort):
             self.num_aborted.inc()
         self.e2e.observe(max(now - state.created, 0.0))
 

@@ -187,4 +187,7 @@ class AbortRequest(BaseModel):
 
 
 class FlushCacheRequest(BaseModel):
-    empty_cache: bool | None = None
+    """``POST /flush_cache`` (the body is optional; GET has none)."""
+
+    # Also ``torch.cuda.empty_cache()`` after the flush (a no-op on a CPU). Strict: "no" is not false.
+    empty_cache: StrictBool | None = None

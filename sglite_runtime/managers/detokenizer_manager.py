@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sglite_runtime.managers.io_struct import BatchStrOut, BatchTokenIDOut
+from sglite_runtime.managers.io_struct import BatchStrOut, BatchTokenIDOut, FinishStop
 from sglite_runtime.sampling.stop import trim_stop
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class DetokenizerManager:
                     st.read_offset = len(st.ids)
             text = st.text
             if reason is not None:
-                if not recv.no_stop_trim[i] and reason.get("type") == "stop":
+                if not recv.no_stop_trim[i] and isinstance(reason, FinishStop):
                     text = self._trim(text, st, reason, skip, spaces)
                 del self.states[rid]
             texts.append(text)
@@ -90,8 +90,8 @@ class DetokenizerManager:
             output_token_logprobs=recv.output_token_logprobs, output_top_logprobs=recv.output_top_logprobs,
             input_token_logprobs=recv.input_token_logprobs, input_top_logprobs=recv.input_top_logprobs)
 
-    def _trim(self, text: str, st: DecodeStatus, reason: dict, skip: bool, spaces: bool) -> str:
-        if isinstance(reason.get("matched"), int) and st.ids:
+    def _trim(self, text: str, st: DecodeStatus, reason: FinishStop, skip: bool, spaces: bool) -> str:
+        if isinstance(reason.matched, int) and st.ids:
             # A stop token is not part of the answer; special ones are already skipped.
             return self._decode(st.ids[:-1], skip, spaces)
         return trim_stop(text, reason)

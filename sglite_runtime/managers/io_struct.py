@@ -7,24 +7,43 @@ TokenizerManager for control replies.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict, Union
+from typing import Any, Union
 
 import msgspec
 
 
-class FinishReason(TypedDict, total=False):
-    """Why a request finished: SGLang's ``meta_info["finish_reason"]``.
+class FinishStop(msgspec.Struct, tag="stop", tag_field="type", omit_defaults=True, frozen=True):
+    """Finished on a stop condition: ``matched`` is the stop string or regex, or the stop/EOS
+    token id; None when a grammar terminated. ``regex``: ``matched`` is a stop regex."""
 
-    ``type`` is always set. The messages below carry it as a plain dict (decoding does not
-    re-validate it); this type is what the scheduler, detokenizer and TokenizerManager agree on.
-    """
+    matched: str | int | None
+    regex: bool = False
 
-    type: str  # "stop" | "length" | "abort"
-    matched: str | int | None  # stop: the stop string or regex, or a stop token id; None for EOS
-    regex: bool  # stop: ``matched`` is a stop regex
-    length: int  # length: the tokens generated
-    message: str  # abort: why
-    status_code: int  # abort: the HTTP status the client gets
+
+class FinishLength(msgspec.Struct, tag="length", tag_field="type", frozen=True):
+    """Finished at ``max_new_tokens`` or the context length; ``length``: the tokens generated."""
+
+    length: int
+
+
+class FinishAbort(msgspec.Struct, tag="abort", tag_field="type", omit_defaults=True, frozen=True):
+    """Aborted (by the client, by validation, by an error); ``status_code`` is the HTTP status the
+    client gets (None: the request just ends with this reason)."""
+
+    message: str
+    status_code: int | None = None
+
+
+# Why a request finished. One tagged union from the scheduler to the HTTP answer, typed on the
+# wire too (msgspec checks it when decoding). Its JSON form (``finish_reason_json``) is SGLang's
+# ``meta_info["finish_reason"]``: {"type": "stop", "matched": ...}, {"type": "length", "length": N},
+# {"type": "abort", "message": ..., "status_code": ...}.
+FinishReason = Union[FinishStop, FinishLength, FinishAbort]
+
+
+def finish_reason_json(reason: FinishReason | None) -> dict[str, Any] | None:
+    """The JSON object clients see for ``reason`` (``type`` first, unset optional fields left out)."""
+    return None if reason is None else msgspec.to_builtins(reason)
 
 
 class TokenizedGenerateReqInput(msgspec.Struct, tag=True):
@@ -44,7 +63,9 @@ class AbortReq(msgspec.Struct, tag=True):
 
 
 class FlushCacheReq(msgspec.Struct, tag=True):
-    pass
+    # Also return the device allocator's unused cached blocks (``torch.cuda.empty_cache()``;
+    # nothing to return on a CPU). The KV pool is preallocated and stays.
+    empty_cache: bool = False
 
 
 class FlushCacheReqOutput(msgspec.Struct, tag=True):
@@ -74,7 +95,7 @@ class BatchTokenIDOut(msgspec.Struct, tag=True):
 
     rids: list[str]
     new_token_ids: list[list[int]]
-    finished_reasons: list[dict[str, Any] | None]
+    finished_reasons: list[FinishReason | None]
     prompt_tokens: list[int]
     completion_tokens: list[int]
     cached_tokens: list[int]
@@ -96,7 +117,7 @@ class BatchStrOut(msgspec.Struct, tag=True):
     rids: list[str]
     texts: list[str]
     new_token_ids: list[list[int]]
-    finished_reasons: list[dict[str, Any] | None]
+    finished_reasons: list[FinishReason | None]
     prompt_tokens: list[int]
     completion_tokens: list[int]
     cached_tokens: list[int]

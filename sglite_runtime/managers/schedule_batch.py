@@ -20,6 +20,7 @@ import torch
 from sglite_runtime.model_executor.forward_batch import ForwardMode
 
 if TYPE_CHECKING:
+    from sglite_runtime.managers.io_struct import FinishAbort, FinishReason
     from sglite_runtime.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPoolAllocator
     from sglite_runtime.mem_cache.radix_cache import RadixCache
     from sglite_runtime.sampling.sampling_params import SamplingParams
@@ -68,11 +69,11 @@ class Req:
         self.cached_tokens = 0  # prompt tokens served from the radix cache (first admission)
         self._cached_counted = False
         # Finish state
-        self.finished_reason: dict | None = None
+        self.finished_reason: FinishReason | None = None
         self.to_abort = False
         self.to_abort_message = ""
         # Set when handling this request raised: its finish reason (an abort with status 500).
-        self.error_reason: dict | None = None
+        self.error_reason: FinishAbort | None = None
         self.finish_sent = False  # the finish message went out (never send it twice)
         # Constrained generation
         self.grammar: Any = None

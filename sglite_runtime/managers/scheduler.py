@@ -18,9 +18,12 @@ import time
 from collections import deque
 from typing import Any, cast
 
+import torch
+
 from sglite_runtime.managers.io_struct import (
     AbortReq,
     BatchTokenIDOut,
+    FinishAbort,
     FlushCacheReq,
     FlushCacheReqOutput,
     GetInternalStateReq,
@@ -30,7 +33,7 @@ from sglite_runtime.managers.io_struct import (
 from sglite_runtime.managers.mixed_chunk import mix_running_into_prefill
 from sglite_runtime.managers.schedule_batch import Req, ScheduleBatch
 from sglite_runtime.managers.schedule_policy import AddReqResult, PrefillAdder, SchedulePolicy
-from sglite_runtime.managers.scheduler_output import BatchOutcome, SchedulerOutputProcessor
+from sglite_runtime.managers.scheduler_output import BatchOutcome, SchedulerOutputProcessor, internal_error
 from sglite_runtime.mem_cache.kv_release import release_req_kv
 from sglite_runtime.mem_cache.radix_cache import RadixCache
 from sglite_runtime.model_executor.model_runner import ModelRunner
@@ -125,7 +128,7 @@ class Scheduler:
             elif isinstance(msg, AbortReq):
                 self.handle_abort(msg)
             elif isinstance(msg, FlushCacheReq):
-                ok = self.flush_cache()
+                ok = self.flush_cache(empty_cache=msg.empty_cache)
                 replies.append(FlushCacheReqOutput(success=ok, message="" if ok else "requests are running"))
             elif isinstance(msg, GetInternalStateReq):
                 replies.append(GetInternalStateReqOutput(state=self.get_internal_state()))
@@ -174,7 +177,7 @@ class Scheduler:
 
     def _reject_rid(self, rid: str, prompt_tokens: int, message: str, status_code: int = 400) -> None:
         self.pending_outputs.append(self.output_processor.single_output(
-            rid, [], {"type": "abort", "message": message, "status_code": status_code}, prompt_tokens, 0, 0))
+            rid, [], FinishAbort(message, status_code=status_code), prompt_tokens, 0, 0))
 
     def handle_abort(self, recv: AbortReq) -> None:
         def hit(r: Req) -> bool:
@@ -184,12 +187,12 @@ class Scheduler:
         for r in [r for r in self.waiting_queue if hit(r)]:
             self.waiting_queue.remove(r)
             self.pending_outputs.append(self.output_processor.single_output(
-                r.rid, [], {"type": "abort", "message": "Abort in waiting queue"}, len(r.origin_input_ids),
+                r.rid, [], FinishAbort("Abort in waiting queue"), len(r.origin_input_ids),
                 len(r.output_ids), r.cached_tokens))
         if self.grammar_manager is not None:
             for r in self.grammar_manager.abort(hit):
                 self.pending_outputs.append(self.output_processor.single_output(
-                    r.rid, [], {"type": "abort", "message": "Abort in grammar queue"}, len(r.origin_input_ids), 0, 0))
+                    r.rid, [], FinishAbort("Abort in grammar queue"), len(r.origin_input_ids), 0, 0))
         running = self.running_batch.reqs if self.running_batch else []
         for r in list(running) + ([self.chunked_req] if self.chunked_req else []):
             if hit(r):
@@ -342,7 +345,7 @@ class Scheduler:
         preparation): finish every unfinished request of ``batch`` with a server error, release
         its KV exactly, and keep serving everyone else."""
         logger.error("a batch of %d request(s) failed; aborting them: %r", batch.batch_size(), exc, exc_info=exc)
-        reason = {"type": "abort", "status_code": 500, "message": f"Internal error while running this request: {exc!r}"}
+        reason = internal_error(exc)
         kv_lens = batch.kv_lens if len(batch.kv_lens) == len(batch.reqs) else None
         failed = []
         for i, r in enumerate(batch.reqs):
@@ -362,7 +365,9 @@ class Scheduler:
         self.output_processor.stream_output(batch.reqs)
 
     # ---- control -----------------------------------------------------------------------------
-    def flush_cache(self) -> bool:
+    def flush_cache(self, empty_cache: bool = False) -> bool:
+        """Drop the radix cache and compiled grammars (False while requests run); with
+        ``empty_cache``, also hand the device allocator's unused cached blocks back."""
         if self.overlap is not None:
             self.overlap.settle()
         if self.has_work():
@@ -372,7 +377,9 @@ class Scheduler:
         self.req_to_token_pool.clear()
         if self.grammar_manager is not None:  # compiled grammars and cached compile failures
             self.grammar_manager.cache.reset()
-        logger.info("Cache flushed")
+        if empty_cache and torch.device(self.device).type == "cuda":
+            torch.cuda.empty_cache()
+        logger.info("Cache flushed%s", " (device cache emptied)" if empty_cache else "")
         return True
 
     def pool_stats(self) -> dict[str, int]:

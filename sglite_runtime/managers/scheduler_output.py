@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from sglite_runtime.managers.io_struct import BatchTokenIDOut
+from sglite_runtime.managers.io_struct import BatchTokenIDOut, FinishAbort, FinishLength, FinishReason, FinishStop
 from sglite_runtime.mem_cache.kv_release import release_req_kv
 from sglite_runtime.sampling.stop import match_stop_text
 
@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 # A jump costs one extra extend step of the request (about two decode steps on a CPU), so a
 # shorter forced run is cheaper to decode token by token.
 MIN_JUMP_TOKENS = 3
+
+
+def internal_error(exc: BaseException) -> FinishAbort:
+    """The finish reason of a request that failed on a server error (the client gets a 500)."""
+    return FinishAbort(f"Internal error while running this request: {exc!r}", status_code=500)
 
 
 @dataclass
@@ -78,13 +83,13 @@ class SchedulerOutputProcessor:
                 self.tree_cache.cache_unfinished_req(r)
                 if r.to_abort:
                     self.finish_without_output(
-                        r, r.error_reason or {"type": "abort", "message": "Abort before prefill finished"})
+                        r, r.error_reason or FinishAbort("Abort before prefill finished"))
                     outcome.chunked_done = True
                 continue
             carried, r.decode_in_extend = r.decode_in_extend, False  # --enable-mixed-chunk
             if r.sampling_params.max_new_tokens == 0 or r.to_abort:
-                reason = ((r.error_reason or {"type": "abort", "message": "Abort"}) if r.to_abort
-                          else {"type": "length", "length": 0})
+                reason: FinishReason = ((r.error_reason or FinishAbort("Abort")) if r.to_abort
+                                        else FinishLength(length=0))
                 self.finish_without_output(r, reason)
                 continue
             self._append_and_check(r, next_ids[i], res, res.logits, i)
@@ -177,8 +182,7 @@ class SchedulerOutputProcessor:
         """Mark ``r`` to finish with a server error naming ``exc`` (released by the normal path)."""
         logger.error("request %s failed: %r", r.rid, exc, exc_info=exc)
         r.to_abort = True
-        r.error_reason = {"type": "abort", "status_code": 500,
-                          "message": f"Internal error while running this request: {exc!r}"}
+        r.error_reason = internal_error(exc)
 
     def _append_token(self, r: "Req", token: int, out: Any, logits: torch.Tensor, i: int) -> None:
         r.output_ids.append(token)
@@ -219,11 +223,11 @@ class SchedulerOutputProcessor:
         self.num_jump_forward_tokens += len(forced)
         if r.to_abort or r.grammar.is_terminated():
             # Done without another forward; its KV was already released above.
-            r.finished_reason = ((r.error_reason or {"type": "abort", "message": r.to_abort_message}) if r.to_abort
-                                 else {"type": "stop", "matched": None})
+            r.finished_reason = ((r.error_reason or FinishAbort(r.to_abort_message)) if r.to_abort
+                                 else FinishStop(matched=None))
         return True
 
-    def finish_without_output(self, r: "Req", reason: dict) -> None:
+    def finish_without_output(self, r: "Req", reason: FinishReason) -> None:
         """Release a request whose row holds KV for exactly ``fill_ids`` (no sampled token)."""
         r.finished_reason = reason
         release_req_kv(self.tree_cache, r, len(r.fill_ids), cache=True)
@@ -233,17 +237,17 @@ class SchedulerOutputProcessor:
         sp = r.sampling_params
         last = r.output_ids[-1]
         if r.to_abort:
-            r.finished_reason = r.error_reason or {"type": "abort", "message": r.to_abort_message or "Abort"}
+            r.finished_reason = r.error_reason or FinishAbort(r.to_abort_message or "Abort")
         elif last in (sp.stop_token_ids or ()) or (not sp.ignore_eos and last in r.eos_token_ids):
-            r.finished_reason = {"type": "stop", "matched": last}
+            r.finished_reason = FinishStop(matched=last)
         elif r.grammar is not None and r.grammar.is_terminated():
-            r.finished_reason = {"type": "stop", "matched": None}
+            r.finished_reason = FinishStop(matched=None)
         elif len(r.output_ids) >= cast(int, sp.max_new_tokens):  # set by request validation
-            r.finished_reason = {"type": "length", "length": sp.max_new_tokens}
+            r.finished_reason = FinishLength(length=cast(int, sp.max_new_tokens))
         elif sp.stop or sp.stop_regex:
             r.finished_reason = match_stop_text(sp, r.output_ids, self._decode_for_stop)
         if r.finished_reason is None and r.seqlen >= self.context_len:
-            r.finished_reason = {"type": "length", "length": len(r.output_ids)}
+            r.finished_reason = FinishLength(length=len(r.output_ids))
 
     def _decode_for_stop(self, ids: list[int], skip_special_tokens: bool) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -285,7 +289,7 @@ class SchedulerOutputProcessor:
             r.sent_len = len(r.output_ids)
         self.pending_outputs.append(out)
 
-    def single_output(self, rid: str, ids: list[int], reason: dict | None, prompt: int, completion: int,
+    def single_output(self, rid: str, ids: list[int], reason: FinishReason | None, prompt: int, completion: int,
                        cached: int) -> BatchTokenIDOut:
         return BatchTokenIDOut([rid], [ids], [reason], [prompt], [completion], [cached], [True], [False],
                                [None], [None], [None], [None])

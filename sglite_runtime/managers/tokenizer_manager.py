@@ -23,6 +23,7 @@ import zmq.asyncio
 from sglite_runtime.managers.io_struct import (
     AbortReq,
     BatchStrOut,
+    FinishAbort,
     FinishReason,
     FlushCacheReq,
     FlushCacheReqOutput,
@@ -31,6 +32,7 @@ from sglite_runtime.managers.io_struct import (
     TokenizedGenerateReqInput,
     decode,
     encode,
+    finish_reason_json,
 )
 from sglite_runtime.managers.request_validation import MAX_N, check_generate_input
 from sglite_runtime.sampling.sampling_params import SamplingParams, check_context_length, check_unicode
@@ -99,6 +101,7 @@ class ReqState:
     text: str = ""
     output_ids: list[int] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    finish_reason: FinishReason | None = None  # set once, by the message that finishes the request
     created: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
     last_token_time: float | None = None
@@ -167,10 +170,10 @@ class TokenizerManager:
         """The runtime is gone: finish every waiting request with a server error (their clients
         get a 5xx with ``message``, never a hang or a 499), and refuse new ones."""
         self.dead_message = message
-        reason: FinishReason = {"type": "abort", "message": message, "status_code": status_code}
+        reason = FinishAbort(message, status_code=status_code)
         for state in self.rid_to_state.values():
             if not state.finished:
-                state.meta["finish_reason"] = reason
+                state.finish_reason = reason
                 state.finished = True
                 state.out_list.append(True)
                 state.event.set()
@@ -403,7 +406,8 @@ class TokenizerManager:
             state.output_ids.extend(new_ids)
             m = state.meta
             m.update(prompt_tokens=recv.prompt_tokens[i], completion_tokens=recv.completion_tokens[i],
-                     cached_tokens=recv.cached_tokens[i], finish_reason=recv.finished_reasons[i])
+                     cached_tokens=recv.cached_tokens[i])
+            state.finish_reason = recv.finished_reasons[i]
             for key in ("output_token_logprobs", "output_top_logprobs"):
                 val = getattr(recv, key)[i]
                 if val is not None:
@@ -419,7 +423,7 @@ class TokenizerManager:
                 self.metrics.on_output(state, new_ids, now)
             state.last_token_time = now
             state.out_list.append(True)
-            if recv.finished_reasons[i] is not None:
+            if state.finish_reason is not None:
                 state.finished = True
                 if self.metrics is not None:
                     self.metrics.on_finish(state, now)
@@ -429,7 +433,7 @@ class TokenizerManager:
         m = state.meta
         meta: dict[str, Any] = {
             "id": rid,
-            "finish_reason": m.get("finish_reason"),
+            "finish_reason": finish_reason_json(state.finish_reason),
             "prompt_tokens": m.get("prompt_tokens", 0),
             "completion_tokens": m.get("completion_tokens", 0),
             "cached_tokens": m.get("cached_tokens", 0),
@@ -482,8 +486,9 @@ class TokenizerManager:
             self.send_to_scheduler.send(encode(req))
             return await asyncio.wait_for(fut, timeout)
 
-    async def flush_cache(self) -> FlushCacheReqOutput:
-        return await self._control(FlushCacheReq(), FlushCacheReqOutput)
+    async def flush_cache(self, empty_cache: bool = False) -> FlushCacheReqOutput:
+        """Drop the scheduler's caches (refused while requests run); ``empty_cache``: see ``FlushCacheReq``."""
+        return await self._control(FlushCacheReq(empty_cache=empty_cache), FlushCacheReqOutput)
 
     async def get_internal_state(self) -> dict:
         return (await self._control(GetInternalStateReq(), GetInternalStateReqOutput)).state

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sglite_runtime.managers.io_struct import AbortReq, TokenizedGenerateReqInput
+from sglite_runtime.managers.io_struct import AbortReq, TokenizedGenerateReqInput, finish_reason_json
 from sglite_runtime.managers.scheduler import Scheduler
 from sglite_runtime.server_args import ServerArgs
 
@@ -54,7 +54,7 @@ def collect(s: Scheduler, results: dict[str, Result]) -> None:
         for i, rid in enumerate(out.rids):
             r = results.setdefault(rid, Result())
             r.output_ids.extend(out.new_token_ids[i])
-            r.finish_reason = out.finished_reasons[i]
+            r.finish_reason = finish_reason_json(out.finished_reasons[i])  # what clients see
             r.cached_tokens = out.cached_tokens[i]
             r.prompt_tokens = out.prompt_tokens[i]
             if out.output_token_logprobs[i]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sglite_runtime.managers.detokenizer_manager import DetokenizerManager
-from sglite_runtime.managers.io_struct import BatchTokenIDOut
+from sglite_runtime.managers.io_struct import BatchTokenIDOut, FinishLength, FinishStop
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_token_by_token_equals_one_shot_and_never_emits_partial_chars(tokenizer,
     seen = []
     for i, t in enumerate(ids):
         last = i == len(ids) - 1
-        out = d.handle_batch_token_id_out(_msg("r", [t], {"type": "length"} if last else None))
+        out = d.handle_batch_token_id_out(_msg("r", [t], FinishLength(length=len(ids)) if last else None))
         seen.append(out.texts[0])
     assert all("\ufffd" not in s for s in seen)  # multi-byte characters are held back, not mangled
     assert all(b.startswith(a) for a, b in zip(seen, seen[1:]))  # cumulative text only grows
@@ -36,7 +36,7 @@ def test_token_by_token_equals_one_shot_and_never_emits_partial_chars(tokenizer,
 
 def test_stop_string_trimmed_unless_no_stop_trim(tokenizer):
     ids = tokenizer.encode("answer: 42\nnext line", add_special_tokens=False)
-    reason = {"type": "stop", "matched": "\n"}
+    reason = FinishStop(matched="\n")
     assert DetokenizerManager(tokenizer).handle_batch_token_id_out(_msg("a", ids, reason)).texts[0] == "answer: 42"
     kept = DetokenizerManager(tokenizer).handle_batch_token_id_out(_msg("b", ids, reason, no_stop_trim=True))
     assert kept.texts[0] == "answer: 42\nnext line"
@@ -44,5 +44,5 @@ def test_stop_string_trimmed_unless_no_stop_trim(tokenizer):
 
 def test_stop_token_is_not_part_of_the_text(tokenizer):
     ids = tokenizer.encode("done", add_special_tokens=False) + tokenizer.encode(" x", add_special_tokens=False)
-    out = DetokenizerManager(tokenizer).handle_batch_token_id_out(_msg("c", ids, {"type": "stop", "matched": ids[-1]}))
+    out = DetokenizerManager(tokenizer).handle_batch_token_id_out(_msg("c", ids, FinishStop(matched=ids[-1])))
     assert out.texts[0] == tokenizer.decode(ids[:-1])
