@@ -16,6 +16,7 @@ import threading
 from typing import Any, Optional
 
 from sglite.lang.plan import rendered_static_prefix
+from sglite.protocol.graph import decode_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class ProgramRouting:
         if self.mode != "router":
             return self.endpoint.base_url
         ep = self.endpoint
-        prefix = rendered_static_prefix(graph["streams"][0]["nodes"], ep.chat_template)
+        prefix = rendered_static_prefix(decode_nodes(graph["streams"][0]["nodes"]), ep.chat_template)
         if prefix:
             resp = self._prefill(prefix)
             wid = resp.headers.get(WORKER_ID_HEADER)
@@ -135,7 +136,7 @@ class ProgramRouting:
         by_prefix: dict[str, str] = {}
         spread = sorted(self.workers.values())
         for i, g in enumerate(graphs):
-            prefix = rendered_static_prefix(g["streams"][0]["nodes"], ep.chat_template)
+            prefix = rendered_static_prefix(decode_nodes(g["streams"][0]["nodes"]), ep.chat_template)
             if not prefix:
                 url = spread[i % len(spread)]  # nothing to be cache-aware about: spread them
             elif prefix in by_prefix:

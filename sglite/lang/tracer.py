@@ -17,15 +17,19 @@ import inspect
 import json
 import linecache
 import os
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, TypeVar, Union
 
 from sglite.protocol.graph import CHOICE_METHODS, ProgramGraph, Stream
+from sglite.protocol.graph_nodes import (
+    Fill, Fork, Gen, Join, Node, RoleBegin, RoleEnd, Select, SetVar, VarBegin, VarEnd, VarRef,
+)
 from sglite.lang.ir import (
     SglArgument, SglCommitLazy, SglConstantText, SglExpr, SglExprList, SglGen, SglImage, SglRoleBegin,
     SglRoleEnd, SglSelect, SglVarScopeBegin, SglVarScopeEnd, SglVariable,
 )
 from sglite.lang.state_group import StateGroupBase
 
+N = TypeVar("N", bound=Node)
 _SGLITE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -157,8 +161,8 @@ class _Tracer:
         self.graph.streams.append(s)
         return s
 
-    def add(self, stream: Stream, node: dict[str, Any]) -> dict[str, Any]:
-        node = {"op": node.pop("op"), "id": self.next_id, **node}
+    def add(self, stream: Stream, cls: type[N], fields: dict[str, Any]) -> N:
+        node = cls(id=self.next_id, **fields)
         self.next_id += 1
         stream.nodes.append(node)
         return node
@@ -191,10 +195,10 @@ class TracerProgramState:
         self.ended = False
 
     # -- appending ----------------------------------------------------------
-    def _add(self, op: str, **fields: Any) -> dict[str, Any]:
+    def _add(self, cls: type[N], **fields: Any) -> N:
         if self.ended:
             raise RuntimeError("this program state has ended; no more expressions can be added")
-        return self.tracer.add(self.stream, {"op": op, **fields})
+        return self.tracer.add(self.stream, cls, fields)
 
     def __iadd__(self, other: Union[str, SglExpr]) -> "TracerProgramState":
         if other is None:
@@ -212,33 +216,33 @@ class TracerProgramState:
                 self._record(e)
         elif isinstance(expr, SglConstantText):
             if expr.value:
-                self._add("fill", text=expr.value)
+                self._add(Fill, text=expr.value)
         elif isinstance(expr, TracedVar):
-            self._add("var_ref", source=expr.source_id, name=expr.name, index=expr.index)
+            self._add(VarRef, source=expr.source_id, name=expr.name, index=expr.index)
         elif isinstance(expr, SglArgument):
             if isinstance(expr.value, SglExpr):
                 self._record(expr.value)
             else:
-                self._add("fill", text=str(expr.value))
+                self._add(Fill, text=str(expr.value))
         elif isinstance(expr, SglGen):
             params = _overrides(expr.sampling_params)
             json.dumps(params)  # everything in SglSamplingParams is JSON already
-            node = self._add("gen", name=expr.name, sampling_params=params)
+            gen = self._add(Gen, name=expr.name, sampling_params=params)
             n = params.get("n")
-            self._define(expr.name, node["id"], n if isinstance(n, int) and n > 1 else None)
+            self._define(expr.name, gen.id, n if isinstance(n, int) and n > 1 else None)
         elif isinstance(expr, SglSelect):
-            node = self._add("select", name=expr.name, choices=list(expr.choices),
-                             temperature=float(expr.temperature or 0.0), method=_method_name(expr.choices_method))
-            self._define(expr.name, node["id"], None)
+            sel = self._add(Select, name=expr.name, choices=list(expr.choices),
+                            temperature=float(expr.temperature or 0.0), method=_method_name(expr.choices_method))
+            self._define(expr.name, sel.id, None)
         elif isinstance(expr, SglRoleBegin):
-            self._add("role_begin", role=expr.role)
+            self._add(RoleBegin, role=expr.role)
         elif isinstance(expr, SglRoleEnd):
-            self._add("role_end", role=expr.role)
+            self._add(RoleEnd, role=expr.role)
         elif isinstance(expr, SglVarScopeBegin):
-            self._add("var_begin", name=expr.name)
+            self._add(VarBegin, name=expr.name)
         elif isinstance(expr, SglVarScopeEnd):
-            node = self._add("var_end", name=expr.name)
-            self._define(expr.name, node["id"], None)
+            end = self._add(VarEnd, name=expr.name)
+            self._define(expr.name, end.id, None)
         elif isinstance(expr, SglCommitLazy):
             pass  # forks commit their prefix on the server anyway
         elif isinstance(expr, SglImage):
@@ -259,9 +263,9 @@ class TracerProgramState:
 
         @contextlib.contextmanager
         def role_scope():
-            self._add("role_begin", role=role)
+            self._add(RoleBegin, role=role)
             yield
-            self._add("role_end", role=role)
+            self._add(RoleEnd, role=role)
 
         return role_scope()
 
@@ -276,10 +280,10 @@ class TracerProgramState:
 
     @contextlib.contextmanager
     def var_scope(self, name: str) -> Iterator[None]:
-        self._add("var_begin", name=name)
+        self._add(VarBegin, name=name)
         yield
-        node = self._add("var_end", name=name)
-        self._define(name, node["id"], None)
+        node = self._add(VarEnd, name=name)
+        self._define(name, node.id, None)
 
     # -- reading ------------------------------------------------------------
     def __getitem__(self, name: str) -> TracedVar:
@@ -299,8 +303,8 @@ class TracerProgramState:
             json.dumps(value)
         except (TypeError, ValueError):
             raise not_compilable(f"s[{name!r}] = ... needs a JSON value, got {type(value).__name__}") from None
-        node = self._add("set_var", name=name, value=value)
-        self._define(name, node["id"], len(value) if isinstance(value, list) else None)
+        node = self._add(SetVar, name=name, value=value)
+        self._define(name, node.id, len(value) if isinstance(value, list) else None)
 
     def __contains__(self, name: str) -> bool:
         return name in self.defined
@@ -332,13 +336,15 @@ class TracerProgramState:
     def fork(self, size: int = 1) -> "TracerStateGroup":
         if not isinstance(size, int) or size < 1:
             raise ValueError("fork size must be a positive integer")
-        node = self._add("fork", n=size, children=[])
+        # The branches become the next ``size`` streams; the fork names them up front.
+        first = len(self.tracer.graph.streams)
+        node = self._add(Fork, n=size, children=list(range(first, first + size)))
         children = []
         for i in range(size):
-            stream = self.tracer.new_stream(self.stream.id, node["id"], i)
-            node["children"].append(stream.id)
+            stream = self.tracer.new_stream(self.stream.id, node.id, i)
+            assert stream.id == node.children[i]
             children.append(TracerProgramState(self.tracer, stream, self.defined))
-        return TracerStateGroup(children, self, node["id"])
+        return TracerStateGroup(children, self, node.id)
 
     def copy(self) -> "TracerProgramState":
         return self.fork(1)[0]
@@ -362,14 +368,14 @@ class TracerStateGroup(StateGroupBase):
         if mode not in ("gather_variable", "concate_and_append"):
             raise ValueError(f"unknown join mode {mode!r}")
         parent = self.src_state
-        node = parent._add("join", fork=self.fork_id, children=[s.stream.id for s in self.states], mode=mode)
+        node = parent._add(Join, fork=self.fork_id, children=[s.stream.id for s in self.states], mode=mode)
         if mode == "gather_variable":
             # Same rule as the interpreter: names a branch has and the parent lacks become lists.
             base = set(parent.defined)
             for s in self.states:
                 for name in s.defined:
                     if name not in base and name not in parent.defined:
-                        parent.defined[name] = (node["id"], len(self.states))
+                        parent.defined[name] = (node.id, len(self.states))
         for s in self.states:
             s.ended = True
 

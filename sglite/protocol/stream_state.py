@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from sglite.protocol.chat_template import ChatTemplate
+from sglite.protocol.graph_nodes import TEXTLESS, Fill, Node, RoleBegin, RoleEnd
 
 
 @dataclass
@@ -90,17 +91,16 @@ def gathered_names(parent_vars: Iterable[str], branch_vars: list[Iterable[str]])
     return names
 
 
-def static_prefix(nodes: list[dict[str, Any]], template: ChatTemplate) -> str:
+def static_prefix(nodes: Sequence[Node], template: ChatTemplate) -> str:
     """A graph stream's text before its first model call (fills and role markers)."""
     st = StreamText()
     for n in nodes:
-        op = n["op"]
-        if op == "fill":
-            st.append(n["text"])
-        elif op == "role_begin" and st.cur_role is None:
-            st.role_begin(n["role"], template)
-        elif op == "role_end" and st.cur_role == n["role"]:
-            st.role_end(n["role"], template)
-        elif op not in ("var_begin", "var_end", "set_var"):
+        if isinstance(n, Fill):
+            st.append(n.text)
+        elif isinstance(n, RoleBegin) and st.cur_role is None:
+            st.role_begin(n.role, template)
+        elif isinstance(n, RoleEnd) and st.cur_role == n.role:
+            st.role_end(n.role, template)
+        elif not isinstance(n, TEXTLESS):
             break
     return st.text

@@ -25,6 +25,9 @@ from typing import Any, AsyncGenerator, AsyncIterator, Optional
 
 from sglite.protocol.chat_template import ChatTemplate
 from sglite.protocol.graph import PRODUCERS, ProgramGraph, validate_graph, validate_sampling_defaults
+from sglite.protocol.graph_nodes import (
+    Fill, Fork, Gen, Join, Node, RoleBegin, RoleEnd, Select, SetVar, VarBegin, VarEnd, VarRef,
+)
 from sglite.protocol.sampling import SglSamplingParams, typed_completion
 from sglite.protocol.select import (
     align_scores, method_by_name, scoring_request, select_decision, unconditional_request,
@@ -63,7 +66,7 @@ def _request(payload: dict[str, Any]) -> GenerateReqInput:
 class _StreamState:
     """One stream: its ``StreamText`` (shared with the interpreter) plus variables and status."""
 
-    def __init__(self, sid: int, nodes: list[dict[str, Any]]) -> None:
+    def __init__(self, sid: int, nodes: list[Node]) -> None:
         self.sid = sid
         self.nodes = nodes
         self.tx = StreamText()
@@ -95,7 +98,7 @@ class _GraphRun:
         self.streaming = stream
         self.request = request
         self.states = {s.id: _StreamState(s.id, s.nodes) for s in graph.streams}
-        self.node_done = {n["id"]: asyncio.Event() for s in graph.streams for n in s.nodes}
+        self.node_done = {n.id: asyncio.Event() for s in graph.streams for n in s.nodes}
         self.node_error: dict[int, BaseException] = {}
         self.produced: dict[tuple[int, str], Any] = {}
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -141,13 +144,13 @@ class _GraphRun:
                 if st.error is None:
                     try:
                         await self._execute(st, node)
-                        self.node_done[node["id"]].set()
+                        self.node_done[node.id].set()
                         continue
                     except asyncio.CancelledError:
                         raise
                     except Exception as e:  # noqa: BLE001 - reported as events, re-raised by the reader
                         logger.info("program %s stream %d node %d failed: %s: %s",
-                                    self.graph.name, st.sid, node["id"], type(e).__name__, e)
+                                    self.graph.name, st.sid, node.id, type(e).__name__, e)
                         self._fail_stream_error(st, e)
                 self._skip(st, node)
         finally:
@@ -158,22 +161,22 @@ class _GraphRun:
         self._emit({"type": "error", "stream": st.sid, "name": None, "message": str(e),
                     "error_type": type(e).__name__})
 
-    def _skip(self, st: _StreamState, node: dict[str, Any]) -> None:
+    def _skip(self, st: _StreamState, node: Node) -> None:
         """Fail ``node`` with the stream's error (and any branch it would have started)."""
         assert st.error is not None  # a stream skips nodes only after it failed
-        self.node_error[node["id"]] = st.error
-        if node["op"] in PRODUCERS and node.get("name"):
-            self._emit({"type": "error", "stream": st.sid, "name": node["name"], "node": node["id"],
+        self.node_error[node.id] = st.error
+        if isinstance(node, PRODUCERS) and node.name:
+            self._emit({"type": "error", "stream": st.sid, "name": node.name, "node": node.id,
                         "message": str(st.error), "error_type": type(st.error).__name__})
-        if node["op"] == "fork":
-            for c in node["children"]:
+        if isinstance(node, Fork):
+            for c in node.children:
                 child = self.states[c]
                 child.inherit(st)
                 self._fail_stream_error(child, st.error)
                 for n in child.nodes:
                     self._skip(child, n)
                 self._finish(child)
-        self.node_done[node["id"]].set()
+        self.node_done[node.id].set()
 
     # -- state helpers ------------------------------------------------------
     def _append(self, st: _StreamState, text: str, var: Optional[str] = None) -> None:
@@ -187,60 +190,60 @@ class _GraphRun:
                 ev["var"] = var
             self._emit(ev)
 
-    def _publish(self, st: _StreamState, node: dict[str, Any], name: Optional[str], value: Any,
+    def _publish(self, st: _StreamState, node: Node, name: Optional[str], value: Any,
                  meta: Any = None) -> None:
         if not name:
             return
         st.vars[name] = value
         if meta is not None:
             st.metas[name] = meta
-        self.produced[(node["id"], name)] = value
-        self._emit({"type": "var", "stream": st.sid, "node": node["id"], "name": name, "value": value,
+        self.produced[(node.id, name)] = value
+        self._emit({"type": "var", "stream": st.sid, "node": node.id, "name": name, "value": value,
                     "meta_info": meta})
 
     # -- nodes --------------------------------------------------------------
-    async def _execute(self, st: _StreamState, node: dict[str, Any]) -> None:
-        op = node["op"]
-        if op == "fill":
-            self._append(st, node["text"])
-        elif op == "gen":
-            await self._gen(st, node)
-        elif op == "select":
-            await self._select(st, node)
-        elif op == "role_begin":
-            self._emit_text(st, st.tx.role_begin(node["role"], self.template))
-        elif op == "role_end":
-            self._emit_text(st, st.tx.role_end(node["role"], self.template))
-        elif op == "var_begin":
-            st.tx.var_begin(node["name"])
-        elif op == "var_end":
-            self._publish(st, node, node["name"], st.tx.var_end(node["name"])[0])
-        elif op == "set_var":
-            self._publish(st, node, node["name"], node["value"])
-        elif op == "fork":
-            if node["n"] > 1 and st.text:
-                await self._prefill(st.text)
-            for c in node["children"]:
-                child = self.states[c]
-                child.inherit(st)
-                self._launch(child)
-        elif op == "join":
-            await self._join(st, node)
-        elif op == "var_ref":
-            await self._var_ref(st, node)
-        else:  # validate_graph rejects unknown ops; this guards programming errors
-            raise TypeError(f"unknown node op {op!r}")
+    async def _execute(self, st: _StreamState, node: Node) -> None:
+        match node:
+            case Fill():
+                self._append(st, node.text)
+            case Gen():
+                await self._gen(st, node)
+            case Select():
+                await self._select(st, node)
+            case RoleBegin():
+                self._emit_text(st, st.tx.role_begin(node.role, self.template))
+            case RoleEnd():
+                self._emit_text(st, st.tx.role_end(node.role, self.template))
+            case VarBegin():
+                st.tx.var_begin(node.name)
+            case VarEnd():
+                self._publish(st, node, node.name, st.tx.var_end(node.name)[0])
+            case SetVar():
+                self._publish(st, node, node.name, node.value)
+            case Fork():
+                if node.n > 1 and st.text:
+                    await self._prefill(st.text)
+                for c in node.children:
+                    child = self.states[c]
+                    child.inherit(st)
+                    self._launch(child)
+            case Join():
+                await self._join(st, node)
+            case VarRef():
+                await self._var_ref(st, node)
+            case _:  # every Node type is handled above; this guards programming errors
+                raise TypeError(f"unknown node {type(node).__name__}")
 
     async def _prefill(self, text: str) -> None:
         out = await _collect(self.tm, GenerateReqInput(text=text, sampling_params={"max_new_tokens": 0}),
                              self.request)
         _check_abort(out["meta_info"])
 
-    async def _gen(self, st: _StreamState, node: dict[str, Any]) -> None:
-        params = self.defaults.override(SglSamplingParams(**{**_NONE_PARAMS, **node.get("sampling_params", {})}))
+    async def _gen(self, st: _StreamState, node: Gen) -> None:
+        params = self.defaults.override(SglSamplingParams(**{**_NONE_PARAMS, **node.sampling_params}))
         sp, top = params.to_srt_kwargs()
         n = params.n or 1
-        name = node.get("name")
+        name = node.name
         obj = GenerateReqInput(
             text=st.text, sampling_params=sp, return_logprob=bool(top.get("return_logprob")),
             logprob_start_len=top.get("logprob_start_len"), top_logprobs_num=top.get("top_logprobs_num"),
@@ -278,27 +281,27 @@ class _GraphRun:
         self._append(st, resp["text"], var=name)
         self._publish(st, node, name, value, [resp["meta_info"]] if n > 1 else resp["meta_info"])
 
-    async def _select(self, st: _StreamState, node: dict[str, Any]) -> None:
-        method = method_by_name(node.get("method"))
-        choices = list(node["choices"])
-        payload = scoring_request(st.text, choices, float(node.get("temperature") or 0.0))
+    async def _select(self, st: _StreamState, node: Select) -> None:
+        method = method_by_name(node.method)
+        choices = list(node.choices)
+        payload = scoring_request(st.text, choices, node.temperature)
         scores = align_scores(st.text, choices, await _collect(self.tm, _request(payload), self.request),
                               self.tm.model_info().get("bos_token"))
         unconditional = None
         if method.requires_unconditional_logprobs:
             unconditional = await _collect(self.tm, _request(unconditional_request(scores)), self.request)
         decision = select_decision(choices, method, scores, unconditional)
-        self._append(st, decision.decision, var=node.get("name"))
-        self._publish(st, node, node.get("name"), decision.decision, decision.meta_info)
+        self._append(st, decision.decision, var=node.name)
+        self._publish(st, node, node.name, decision.decision, decision.meta_info)
 
-    async def _join(self, st: _StreamState, node: dict[str, Any]) -> None:
-        children = [self.states[c] for c in node["children"]]
+    async def _join(self, st: _StreamState, node: Join) -> None:
+        children = [self.states[c] for c in node.children]
         for c in children:
             await c.done.wait()
         for c in children:
             if c.error is not None:
                 raise c.error
-        if node.get("mode", "gather_variable") == "gather_variable":
+        if node.mode == "gather_variable":
             for name in gathered_names(st.vars, [c.vars for c in children]):
                 self._publish(st, node, name, [c.vars.get(name) for c in children],
                               [c.metas.get(name) for c in children])
@@ -306,17 +309,17 @@ class _GraphRun:
             for c in children:
                 self._append(st, c.tx.since_fork())
 
-    async def _var_ref(self, st: _StreamState, node: dict[str, Any]) -> None:
-        src = node["source"]
+    async def _var_ref(self, st: _StreamState, node: VarRef) -> None:
+        src = node.source
         await self.node_done[src].wait()
         if src in self.node_error:
             raise self.node_error[src]
-        key = (src, node["name"])
+        key = (src, node.name)
         if key not in self.produced:
-            raise KeyError(f"variable {node['name']!r} was never produced by this program")
+            raise KeyError(f"variable {node.name!r} was never produced by this program")
         value = self.produced[key]
-        if node.get("index") is not None:
-            value = value[node["index"]]
+        if node.index is not None:
+            value = value[node.index]
         if not isinstance(value, str):
             raise TypeError(f"cannot append {type(value).__name__} to a program; use str or an sglite expression")
         self._append(st, value)

@@ -14,6 +14,7 @@ from fake_runtime import CANNED, FakeBackend, FakeModel
 import sglite
 from sglite.lang.compiler import CompiledProgramState
 from sglite.protocol.graph import MAX_NODES, ProgramGraph, validate_graph
+from sglite.protocol.graph_nodes import Gen, Join, Select, VarBegin, VarRef, op_of
 from sglite.lang.tracer import NotCompilable
 from sglite_runtime.managers.program_executor import ProgramExecutor
 
@@ -141,11 +142,12 @@ def test_trace_nodes_and_json_round_trip():
     prog = sot.compile(k=2)
     g = prog.graph
     assert [s.id for s in g.streams] == [0, 1, 2]
-    ops = [n["op"] for n in g.streams[0].nodes]
+    ops = [op_of(n) for n in g.streams[0].nodes]
     assert ops == ["fill", "fork", "join", "fill", "var_ref", "fill", "var_ref", "fill", "gen"]
-    refs = [n for n in g.streams[0].nodes if n["op"] == "var_ref"]
+    refs = [n for n in g.streams[0].nodes if isinstance(n, VarRef)]
     join = g.streams[0].nodes[2]
-    assert [(r["source"], r["index"]) for r in refs] == [(join["id"], 0), (join["id"], 1)]
+    assert isinstance(join, Join)
+    assert [(r.source, r.index) for r in refs] == [(join.id, 0), (join.id, 1)]
     d = json.loads(prog.to_json())
     assert d["version"] == 1
     again = ProgramGraph.from_json(json.dumps(d))
@@ -156,19 +158,19 @@ def test_trace_nodes_and_json_round_trip():
 
 def test_concat_with_variable_is_a_var_ref():
     g = expert.compile(question="Q?").graph
-    ref = [n for n in g.streams[0].nodes if n["op"] == "var_ref"]
-    assert len(ref) == 1 and ref[0]["name"] == "expert" and ref[0]["source"] == g.streams[0].nodes[1]["id"]
+    ref = [n for n in g.streams[0].nodes if isinstance(n, VarRef)]
+    assert len(ref) == 1 and ref[0].name == "expert" and ref[0].source == g.streams[0].nodes[1].id
 
 
 def test_roles_var_scope_and_select_nodes():
-    ops = [n["op"] for n in mt_bench.compile("a", "b").graph.streams[0].nodes]
+    ops = [op_of(n) for n in mt_bench.compile("a", "b").graph.streams[0].nodes]
     assert ops.count("role_begin") == 5 and ops.count("gen") == 2
     g = json_like.compile().graph
-    assert [n["op"] for n in g.streams[0].nodes][0] == "var_begin"
-    gen = [n for n in g.streams[0].nodes if n["op"] == "gen"]
-    assert gen[1]["sampling_params"]["dtype"] == "int"
+    assert isinstance(g.streams[0].nodes[0], VarBegin)
+    gen = [n for n in g.streams[0].nodes if isinstance(n, Gen)]
+    assert gen[1].sampling_params["dtype"] == "int"
     sel = choose.compile().graph.streams[0].nodes[1]
-    assert sel["op"] == "select" and sel["method"] == "token_length_normalized" and len(sel["choices"]) == 3
+    assert isinstance(sel, Select) and sel.method == "token_length_normalized" and len(sel.choices) == 3
 
 
 @pytest.mark.parametrize("body, what", [

@@ -9,6 +9,7 @@ import pytest
 
 from sglite.protocol.chat_template import ChatTemplate
 from sglite.protocol.choices import token_length_normalized, unconditional_likelihood_normalized
+from sglite.protocol.graph_nodes import Fill, Gen, RoleBegin, RoleEnd, VarBegin
 from sglite.protocol.select import (
     align_scores, method_by_name, scoring_request, select_decision, unconditional_request,
 )
@@ -48,8 +49,8 @@ def test_fork_copies_and_since_fork():
 
 
 def test_static_prefix_stops_at_the_first_model_call():
-    nodes = [{"op": "role_begin", "role": "user"}, {"op": "fill", "text": "Q"}, {"op": "var_begin", "name": "v"},
-             {"op": "role_end", "role": "user"}, {"op": "gen", "name": "a"}, {"op": "fill", "text": "after"}]
+    nodes = [RoleBegin(id=0, role="user"), Fill(id=1, text="Q"), VarBegin(id=2, name="v"),
+             RoleEnd(id=3, role="user"), Gen(id=4, name="a"), Fill(id=5, text="after")]
     assert static_prefix(nodes, TEMPLATE) == "<user>Q</user>"
 
 
