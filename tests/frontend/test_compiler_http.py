@@ -62,6 +62,9 @@ def test_run_program_batch(client):
 
 @pytest.mark.parametrize("body", [
     {"graph": {"version": 1, "streams": [{"id": 0, "nodes": [{"op": "shell", "id": 0}]}]}},
+    {"graph": {"version": 1, "streams": [{"id": 0, "nodes": [{"op": "fill", "id": True, "text": "a"}]}]}},
+    {"graph": {"version": 1, "streams": [{"id": 0, "nodes": [{"op": "fill", "id": 0, "text": "a", "x": 1}]}]}},
+    {"graph": {"version": 1, "streams": [{"id": 0, "nodes": [{"op": "fill", "id": 2**70, "text": "a"}]}]}},
     {"graph": {"version": 7}},
     {"graphs": []},
     {"graph": {}, "graphs": []},
@@ -72,6 +75,14 @@ def test_malformed_requests_are_400(client, body):
     resp = client.post("/run_program", json=body)
     assert resp.status_code == 400
     assert resp.json()["error"]["message"]
+
+
+def test_a_bad_node_field_is_named_in_the_400(client):
+    graph = {"version": 1, "streams": [{"id": 0, "nodes": [{"op": "fill", "id": 0, "text": "a"},
+                                                            {"op": "gen", "id": "1"}]}]}
+    resp = client.post("/run_program", json={"graph": graph})
+    assert resp.status_code == 400
+    assert "`$.streams[0].nodes[1].id`" in resp.json()["error"]["message"]
 
 
 def test_non_json_body_is_400(client):
