@@ -13,6 +13,7 @@ from sglite.protocol.graph import REQUESTS, TEXTLESS, ProgramGraph
 from sglite.protocol.graph_nodes import (
     Fill, Fork, Gen, Join, Node, RoleBegin, RoleEnd, Select, SetVar, VarBegin, VarEnd, VarRef, op_of,
 )
+from sglite.protocol.stream_state import static_prefix as protocol_static_prefix
 
 _SHOWN_PARAMS = ("max_new_tokens", "temperature", "stop", "n", "regex", "json_schema", "dtype", "seed")
 
@@ -103,20 +104,9 @@ def static_prefix(graph: ProgramGraph) -> str:
 
 def rendered_static_prefix(root_nodes: Sequence[Node], chat_template: Any) -> str:
     """The root stream's leading constant text as the runtime will see it (roles rendered
-    with ``chat_template``): what to pre-cache, and what a cache-aware router places by."""
-    out: list[str] = []
-    history: list[str] = []
-    for n in root_nodes:
-        if isinstance(n, Fill):
-            out.append(n.text)
-        elif isinstance(n, RoleBegin):
-            out.append(chat_template.prefix(n.role, tuple(history)))
-        elif isinstance(n, RoleEnd):
-            out.append(chat_template.suffix(n.role, tuple(history)))
-            history.append(n.role)
-        elif not isinstance(n, TEXTLESS):
-            break
-    return "".join(out)
+    with ``chat_template``): what to pre-cache, and what a cache-aware router places by.
+    The runtime's own definition (``protocol.stream_state.static_prefix``), so both agree."""
+    return protocol_static_prefix(root_nodes, chat_template)
 
 
 def format_plan(graph: ProgramGraph) -> str:
