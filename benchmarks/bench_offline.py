@@ -3,6 +3,8 @@
 64 requests with input and output lengths U[16, 256] (seeded random tokens), greedy,
 ignore_eos. Reports output tokens/s and the ratios sglite/peer. HF static batching is swept
 over ``--hf-batch-sizes`` in the same run and the ratio is taken against its best setting.
+On a CPU both sides also run at every torch thread count of ``--threads`` (default 1 and all
+cores) and each side's best is compared with the other's best.
 
     python benchmarks/bench_offline.py [--model PATH|mid] [--num 64] [--quick]
 """
@@ -32,6 +34,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=TORCH_DTYPES, help="both sides' weights")
     ap.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="extra sglite.Engine arguments (e.g. disable_cuda_graph=true); repeatable")
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="CPU torch thread counts swept for both sides (default: 1 and all cores)")
     ap.add_argument("--skip-generate-batch", action="store_true", help="skip the transformers CB peer")
     ap.add_argument("--out", default=None, help="results file name (default offline[_quick][_MODEL])")
     args = ap.parse_args()
@@ -50,29 +54,48 @@ def main() -> None:
     results: dict = {"num_requests": args.num, "output_tokens": total_out, "model": label,
                      "dtype": args.dtype}
 
-    with sglite.Engine(model_path=args.model, max_total_tokens=65536, dtype=args.dtype,
-                       **engine_kwargs(args.engine_arg)) as engine:
-        sps = [{"max_new_tokens": o, "temperature": 0, "ignore_eos": True} for _, o in reqs]
-        engine.generate(input_ids=[p for p, _ in reqs[:4]], sampling_params=sps[:4])  # warm-up
-        engine.flush_cache()
-        t, outs = timed(lambda: engine.generate(input_ids=[p for p, _ in reqs], sampling_params=sps))
-        assert sum(o["meta_info"]["completion_tokens"] for o in outs) == total_out
-        results["sglite_tok_s"] = total_out / t
-        results["sglite_s"] = t
-    print(f"sglite:                 {results['sglite_tok_s']:9.1f} out tok/s ({t:.1f} s)")
+    import torch
+
+    extra = engine_kwargs(args.engine_arg)
+    # Thread counts matter only on a CPU; an explicit num_threads engine arg pins sglite's.
+    threads = [torch.get_num_threads()] if torch.cuda.is_available() else (
+        args.threads or sorted({1, os.cpu_count() or 1}))
+    sps = [{"max_new_tokens": o, "temperature": 0, "ignore_eos": True} for _, o in reqs]
+    by_threads: dict[str, float] = {}
+    for th in ([extra["num_threads"]] if "num_threads" in extra else threads):
+        kw = dict(extra, num_threads=th) if not torch.cuda.is_available() else extra
+        with sglite.Engine(model_path=args.model, max_total_tokens=65536, dtype=args.dtype, **kw) as engine:
+            engine.generate(input_ids=[p for p, _ in reqs[:4]], sampling_params=sps[:4])  # warm-up
+            engine.flush_cache()
+            t, outs = timed(lambda: engine.generate(input_ids=[p for p, _ in reqs], sampling_params=sps))
+            assert sum(o["meta_info"]["completion_tokens"] for o in outs) == total_out
+        by_threads[str(th)] = total_out / t
+        print(f"sglite ({th} threads):     {by_threads[str(th)]:9.1f} out tok/s ({t:.1f} s)")
+    best_th = max(by_threads, key=by_threads.__getitem__)
+    results["sglite_tok_s_by_threads"] = by_threads
+    results["sglite_threads"] = int(best_th)
+    results["sglite_tok_s"] = by_threads[best_th]
+    results["sglite_s"] = total_out / by_threads[best_th]
+    print(f"sglite (best, {best_th} threads): {results['sglite_tok_s']:9.1f} out tok/s")
 
     model = load_hf(args.model, args.dtype)
     hf_static_generate(model, reqs[:2], 2)  # warm-up
-    sweep = {}
-    for bs in args.hf_batch_sizes:
-        t, useful = timed(lambda: hf_static_generate(model, reqs, bs))
-        sweep[bs] = useful / t
-        print(f"HF generate (static, batch {bs:3d}): {sweep[bs]:9.1f} out tok/s ({t:.1f} s)")
-    best = max(sweep, key=sweep.get)
-    results["hf_static_sweep_tok_s"] = {str(k): v for k, v in sweep.items()}
-    results["hf_static_tok_s"] = sweep[best]
+    sweep: dict[tuple[int, int], float] = {}
+    for th in threads:
+        if not torch.cuda.is_available():
+            torch.set_num_threads(th)
+        for bs in args.hf_batch_sizes:
+            t, useful = timed(lambda: hf_static_generate(model, reqs, bs))
+            sweep[(th, bs)] = useful / t
+            print(f"HF generate (static, batch {bs:3d}, {th} threads): {sweep[(th, bs)]:9.1f} out tok/s ({t:.1f} s)")
+    best_th_hf, best = max(sweep, key=sweep.__getitem__)
+    results["hf_static_sweep_tok_s"] = {f"threads={k[0]},batch={k[1]}": v for k, v in sweep.items()}
+    results["hf_static_tok_s"] = sweep[(best_th_hf, best)]
     results["hf_static_batch_size"] = best
-    print(f"HF generate (static, best batch {best}): {sweep[best]:9.1f} out tok/s")
+    results["hf_static_threads"] = best_th_hf
+    print(f"HF generate (static, best: batch {best}, {best_th_hf} threads): {results['hf_static_tok_s']:9.1f} out tok/s")
+    if not torch.cuda.is_available():
+        torch.set_num_threads(best_th_hf)  # the CB peer at the static peer's best thread count
     try:
         if args.skip_generate_batch:
             raise RuntimeError("--skip-generate-batch")
