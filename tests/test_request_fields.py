@@ -190,3 +190,24 @@ def test_unimplemented_global_config_knobs_are_refused(knob: str) -> None:
     with pytest.raises(AttributeError, match=knob):
         setattr(sglite.global_config, knob, False)
     sglite.global_config.verbosity = sglite.global_config.verbosity  # the real ones still work
+
+
+# ---- small request models: /flush_cache's body, response_format.json_schema --------------------
+_RF_FIELDS = "tests/server/test_response_format_fields.py::test_strict_and_description_never_loosen_the_schema"
+SMALL_MODEL_CHECKS: dict[str, dict[str, Callable[..., None]]] = {
+    "FlushCacheRequest": {
+        "empty_cache": covered("tests/runtime/test_flush_empty_cache.py::test_empty_cache_only_when_asked_and_only_on_cuda"),
+    },
+    # strict/name/description are accepted and change nothing: the output is always constrained.
+    "JsonSchemaFormat": {f: covered(_RF_FIELDS) for f in ("name", "schema_", "strict", "description")},
+}
+
+
+def test_every_small_request_model_field_has_a_check() -> None:
+    from sglite_runtime.entrypoints import openai_protocol
+
+    for model, checks in SMALL_MODEL_CHECKS.items():
+        fields = set(getattr(openai_protocol, model).model_fields)
+        assert fields == set(checks), f"unchecked {model} fields: {fields ^ set(checks)}"
+        for check in checks.values():
+            check(None)

@@ -46,7 +46,7 @@ def render_chat(tm: Any, messages: list, add_generation_prompt: bool = True, too
             msg["tool_calls"] = m.tool_calls
         if m.tool_call_id is not None:
             msg["tool_call_id"] = m.tool_call_id
-        if m.name is not None and m.role == "tool":
+        if m.name is not None:  # a participant's or a tool's name, for templates that render it (as SGLang)
             msg["name"] = m.name
         has_tool_turns |= m.role == "tool" or bool(m.tool_calls)
         msgs.append(msg)
@@ -77,6 +77,8 @@ def _response_format_schema(req: ChatCompletionRequest | CompletionRequest) -> s
         return json.dumps({"type": "object"})
     if rf.json_schema is None or rf.json_schema.schema_ is None:
         raise APIError(400, "response_format json_schema needs a schema.", "response_format")
+    # ``strict`` (true, false or absent), ``name`` and ``description`` are deliberately not read:
+    # the output is always constrained to the schema (JsonSchemaFormat says why).
     return json.dumps(rf.json_schema.schema_)
 
 

@@ -4,21 +4,31 @@ Only the request side is modelled: responses are plain dicts built in ``openai_a
 Unknown request fields are ignored (OpenAI clients send ``user``, ``metadata``, …); fields we
 cannot honour but that change the meaning of a request (``tools``) are rejected explicitly
 in the handlers, never silently dropped.
+
+The ``/v1`` models are strict (``STRICT``), like ``/generate``: ``"max_tokens": "5"`` or
+``"stream": "yes"`` is a 400 naming the field, never a silent coercion (an integer is still a
+valid float: ``"temperature": 0``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator
+
+STRICT = ConfigDict(strict=True)
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT
+
     include_usage: bool = False
 
 
 class SGLangExtras(BaseModel):
     """SGLang's "SRT-only" sampling fields, accepted on both OpenAI routes."""
+
+    model_config = STRICT
 
     top_k: int = -1
     min_p: float = 0.0
@@ -61,12 +71,14 @@ class CompletionRequest(SGLangExtras):
     logit_bias: dict[str, float] | None = None
     best_of: int | None = None
     suffix: str | None = None
-    user: str | None = None
+    user: str | None = None  # OpenAI's end-user id (abuse monitoring): it changes no output; unused
     response_format: ResponseFormat | None = None  # vLLM accepts it here too
     tools: list[Any] | None = None  # refused by name: completions have no tool calling
 
 
 class ChatMessage(BaseModel):
+    model_config = STRICT
+
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
@@ -76,15 +88,22 @@ class ChatMessage(BaseModel):
 
 
 class JsonSchemaFormat(BaseModel):
+    """OpenAI's ``response_format.json_schema``. The output is always constrained to ``schema``,
+    so ``strict`` true (what the openai SDK's ``parse()`` sends), false or absent all get exactly
+    what ``strict: true`` promises. ``name`` and ``description`` tell OpenAI's model what the
+    format is for; they are not shown to the model here (the schema alone constrains it)."""
+
+    model_config = ConfigDict(strict=True, populate_by_name=True)
+
     name: str = "schema"
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
     description: str | None = None
 
-    model_config = {"populate_by_name": True}
-
 
 class ResponseFormat(BaseModel):
+    model_config = STRICT
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -118,11 +137,13 @@ class ChatCompletionRequest(SGLangExtras):
     # SGLang: put <think>...</think> in reasoning_content (default on with --reasoning-parser).
     separate_reasoning: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    user: str | None = None
+    user: str | None = None  # OpenAI's end-user id (abuse monitoring): it changes no output; unused
 
 
 class TokenizeRequest(BaseModel):
     """``POST /tokenize``: a prompt, or chat messages rendered through the template."""
+
+    model_config = STRICT
 
     model: str | None = None
     prompt: str | None = None

@@ -106,7 +106,6 @@ class OverlapStepper:
             return
         s.step_started_at = None
         s.forward_ct += 1
-        s.last_batch_time = time.monotonic()
         # Requests that finished while this step ran (processed at the previous iteration):
         # their row here is the discarded extra token.
         keep = [i for i, r in enumerate(batch.reqs) if not r.finished()]

@@ -100,7 +100,6 @@ class Scheduler:
             from sglite_runtime.managers.overlap_schedule import OverlapStepper
 
             self.overlap = OverlapStepper(self)
-        self.last_batch_time = time.monotonic()
         self.step_started_at: float | None = None
         self._seed_rng = random.Random(server_args.random_seed)
 
@@ -314,7 +313,6 @@ class Scheduler:
         finally:
             self.step_started_at = None
         self.forward_ct += 1
-        self.last_batch_time = time.monotonic()
 
     def has_work(self) -> bool:
         return bool(self.waiting_queue or self.chunked_req or (self.running_batch and not self.running_batch.is_empty())

@@ -59,7 +59,7 @@ def test_sampling_probes_every_route(rserver, path):
     failures = []
     for sp, needle in probes:
         if path.startswith("/v1") and sp.get("ignore_eos") == "yes":
-            continue  # the OpenAI models are pydantic (lax); the native routes are strict
+            continue  # refused by pydantic in its own words: test_openai_strict_types.py
         r = _post(rserver.url, path, ROUTES[path](sp))
         if not _refused(r, needle):
             failures.append((sp, r.status_code, r.text[:300]))
