@@ -1,14 +1,27 @@
 """Online serving benchmark: Poisson arrivals, streaming OpenAI completions, sglite vs a peer.
 
-    python benchmarks/bench_serving.py --model-path /path/to/model          # full (~3-5 min)
-    python benchmarks/bench_serving.py --model-path /path/to/model --quick  # CI smoke
+    python benchmarks/bench_serving.py                       # shipped model, 1/2/4/8 req/s (~5 min)
+    python benchmarks/bench_serving.py --model mid           # ~40M random Llama, 4 and 8 req/s (~10 min)
+    python benchmarks/bench_serving.py --model mid --quick   # a few requests at one rate (smoke)
 
-Workload: random 256-token prompts (decoded to text), 128 output tokens (greedy, ignore_eos,
-seeded), arrivals at 1, 2, 4 and 8 req/s. Both servers are driven by the same asyncio/httpx client
-in the same run; the peer is ``transformers serve --continuous-batching`` on the same folder
-(offline), run once per ``--peer-threads`` setting (OMP_NUM_THREADS) and taken at its best
-(lowest p99 TTFT) per rate. Reports TTFT, ITL and E2E at p50/p99, throughput and the
-sglite/peer ratios into results/serving.json (``--model-path mid``: serving_mid.json).
+Workload: random ``--input-len``-token prompts (decoded to text and trimmed so that they
+re-tokenize to about that length), ``--output-len`` tokens (greedy, seeded; ignore_eos for
+sglite, which the peer lacks: it may stop early at EOS, counted in ``short_outputs``). Per rate,
+one seeded Poisson arrival schedule over ``--duration`` seconds is replayed identically against
+each server (open loop), with the same per-request ``--timeout`` (default 2 x duration) counted
+from each request's arrival: a request not finished by then is cancelled and counted as
+unfinished, so a run ends by duration + timeout even when a server cannot keep up.
+
+The peer is ``transformers serve --continuous-batching`` on the same folder (offline), run once
+per ``--peer-threads`` (OMP_NUM_THREADS) and taken at its best per rate (most requests completed,
+then lowest p99 TTFT). Its paged KV cache is sized like sglite's pool (``--max-total-tokens``):
+left to itself on a CPU it takes 90% of the free host memory (13 GB here), which takes ~50 s to
+allocate and got it OOM-killed on a busy machine.
+
+A side is *saturated* at a rate when requests were left unfinished at the deadline or it
+completed requests at under 75% of the rate they arrived (both measured between the first and
+the last event); its latency percentiles (over the requests it served) then mostly measure its
+queue, and ``request_throughput_ratio`` (completed / wall time) is the figure to compare. Results: results/serving.json (``--model mid``: serving_mid.json).
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import signal
@@ -30,6 +44,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import SHIPPED, write_results  # noqa: E402
 from model_zoo import resolve_model  # noqa: E402
 
+SATURATION_FRACTION = 0.75  # completion rate / arrival rate below this: saturated
+PEER_PAGE_SIZE = 256  # tokens per page of the peer's paged KV cache (its default)
+
 
 def _pct(xs: list[float], q: float) -> float | None:
     if not xs:
@@ -38,65 +55,165 @@ def _pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def make_prompts(model_path: str, n: int, in_len: int, seed: int) -> list[str]:
+def poisson_arrivals(rate: float, duration: float, seed: int) -> list[float]:
+    """Seeded Poisson arrival offsets (seconds) within ``[0, duration)``; at least two."""
+    rng = random.Random(seed)
+    out, t = [0.0], 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= duration:
+            break
+        out.append(t)
+    return out if len(out) >= 2 else [0.0, min(duration, 1.0 / rate)]
+
+
+def make_prompts(model_path: str, n: int, in_len: int, seed: int) -> tuple[list[str], list[int]]:
+    """Random-token texts that re-tokenize to about ``in_len`` tokens, and their token counts.
+
+    Decoded random ids re-tokenize longer (byte-level merges split differently), so the text is
+    re-encoded, cut to ``in_len`` tokens and decoded again until it stops shrinking.
+    """
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
     rng = random.Random(seed)
     special = set(tok.all_special_ids)
     vocab = [i for i in range(len(tok)) if i not in special]
-    return [tok.decode([rng.choice(vocab) for _ in range(in_len)]) for _ in range(n)]
+    prompts: list[str] = []
+    lens: list[int] = []
+    for _ in range(n):
+        text = str(tok.decode([rng.choice(vocab) for _ in range(in_len)]))
+        for _ in range(4):
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            if len(ids) <= in_len:
+                break
+            text = str(tok.decode(ids[:in_len]))
+        prompts.append(text)
+        lens.append(len(tok(text)["input_ids"]))
+    return prompts, lens
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, out_len: int,
-                      extra: dict) -> dict:
-    body = {"model": model, "prompt": prompt, "max_tokens": out_len, "temperature": 0.0, "stream": True,
-            "seed": 0, **extra}
-    t0 = time.perf_counter()
-    stamps: list[float] = []
-    try:
-        async with client.stream("POST", url + "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                return {"ok": False, "error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("choices") and chunk["choices"][0].get("text"):
-                    stamps.append(time.perf_counter())
-    except httpx.HTTPError as e:
-        return {"ok": False, "error": repr(e)}
-    if not stamps:
-        return {"ok": False, "error": "no tokens"}
-    return {"ok": True, "ttft": stamps[0] - t0, "e2e": stamps[-1] - t0, "chunks": len(stamps),
-            "itl": [b - a for a, b in zip(stamps, stamps[1:])]}
+async def one_request(client: httpx.AsyncClient, url: str, body: dict, rec: dict) -> None:
+    """Stream one completion, stamping ``rec`` as chunks arrive (so a cancelled request keeps
+    what it got): text chunk times, the finishing chunk's time and its usage."""
+    rec["t0"] = time.perf_counter()
+    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            rec["error"] = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+            return
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            now = time.perf_counter()
+            if "error" in chunk:
+                rec["error"] = f"stream error: {str(chunk['error'])[:200]}"
+                return
+            choice = (chunk.get("choices") or [{}])[0]
+            if choice.get("text"):
+                rec["stamps"].append(now)
+            if chunk.get("usage"):
+                rec["tokens"] = chunk["usage"].get("completion_tokens")
+            if choice.get("finish_reason"):
+                rec["finish"] = now
+    if "finish" not in rec:
+        rec["error"] = "stream ended without a finish_reason"
 
 
-async def run_rate(url: str, model: str, prompts: list[str], out_len: int, rate: float, seed: int,
-                   extra: dict, timeout: float) -> dict:
-    rng = random.Random(seed)
+async def run_rate(url: str, model: str, prompts: list[str], arrivals: list[float], out_len: int,
+                   extra: dict, timeout: float) -> tuple[list[dict], float]:
+    """Open loop: request i starts at ``arrivals[i]`` and is cancelled ``timeout`` s later if not
+    done. Returns one record per request and the wall time until the last one settled."""
+    recs: list[dict] = [{"stamps": []} for _ in prompts]
     limits = httpx.Limits(max_connections=len(prompts) + 4)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        tasks = []
-        t0 = time.perf_counter()
-        for p in prompts:
-            tasks.append(asyncio.create_task(one_request(client, url, model, p, out_len, extra)))
-            await asyncio.sleep(rng.expovariate(rate))
-        results = await asyncio.gather(*tasks)
-        wall = time.perf_counter() - t0
-    ok = [r for r in results if r["ok"]]
-    itl = [x for r in ok for x in r["itl"]]
-    out_tokens = len(ok) * out_len
+    http_timeout = httpx.Timeout(timeout, connect=min(timeout, 30.0))
+
+    async def fire(i: int, client: httpx.AsyncClient, start: float) -> None:
+        await asyncio.sleep(max(0.0, start + arrivals[i] - time.perf_counter()))
+        body = {"model": model, "prompt": prompts[i], "max_tokens": out_len, "temperature": 0.0,
+                "stream": True, "seed": 0, **extra}
+        try:
+            await asyncio.wait_for(one_request(client, url, body, recs[i]), timeout)
+        except asyncio.TimeoutError:
+            recs[i]["timed_out"] = True
+        except (httpx.HTTPError, json.JSONDecodeError) as e:
+            recs[i]["error"] = repr(e)[:300]
+
+    async with httpx.AsyncClient(timeout=http_timeout, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(fire(i, client, start) for i in range(len(prompts))))
+        wall = time.perf_counter() - start
+    return recs, wall
+
+
+def summarize(recs: list[dict], rate: float, duration: float, wall: float, out_len: int,
+              timeout: float) -> dict:
+    """Counts (offered / completed / unfinished at the deadline / failed), latency percentiles
+    over what was measured, throughput, and whether the side was saturated at this rate.
+
+    TTFT is the time to the first streamed output: the first text chunk, or the finishing chunk
+    when the detokenizer held all text back until then (``held_back``: a random model's greedy
+    output can repeat a token that ends inside a UTF-8 sequence; the peer then streams no text).
+    """
+    done = [r for r in recs if "finish" in r and "error" not in r and not r.get("timed_out")]
+    timed_out = [r for r in recs if r.get("timed_out")]
+    failed = [r for r in recs if "error" in r]
+
+    def first(r: dict) -> float | None:
+        t = r["stamps"][0] if r["stamps"] else r.get("finish")
+        return None if t is None else t - r["t0"]
+
+    ttft = [t for t in (first(r) for r in recs if "t0" in r and "error" not in r) if t is not None]
+    itl = [b - a for r in done for a, b in zip(r["stamps"], r["stamps"][1:])]
+    e2e = [r["finish"] - r["t0"] for r in done]
+    tokens = [r["tokens"] if r.get("tokens") is not None else out_len for r in done]
+    offered_rate = len(recs) / duration
+    achieved = len(done) / wall if wall > 0 else 0.0
+    # Saturation compares rates over the same kind of window: completions per second between the
+    # first and last finish vs arrivals per second between the first and last send, so the
+    # tail of one service time after the last arrival does not count as falling behind.
+    sends = sorted(r["t0"] for r in recs if "t0" in r)
+    finishes = sorted(r["finish"] for r in done)
+    arrival_rate = (len(sends) - 1) / (sends[-1] - sends[0]) if len(sends) > 1 and sends[-1] > sends[0] else None
+    finish_rate = ((len(finishes) - 1) / (finishes[-1] - finishes[0])
+                   if len(finishes) > 1 and finishes[-1] > finishes[0] else None)
+    behind = (len(done) < len(recs) if arrival_rate is None or finish_rate is None
+              else finish_rate < SATURATION_FRACTION * arrival_rate)
     ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
     return {
-        "rate_req_s": rate, "requests": len(results), "completed": len(ok),
-        "errors": sorted({r["error"] for r in results if not r["ok"]})[:3],
-        "ttft_ms_p50": ms(_pct([r["ttft"] for r in ok], 50)), "ttft_ms_p99": ms(_pct([r["ttft"] for r in ok], 99)),
+        "rate_req_s": rate, "offered": len(recs), "completed": len(done), "unfinished": len(timed_out),
+        "unfinished_with_first_token": sum(1 for r in timed_out if first(r) is not None),
+        "failed": len(failed), "errors": sorted({r["error"] for r in failed})[:3],
+        "held_back": sum(1 for r in done if not r["stamps"] or r["stamps"][0] >= r["finish"]),
+        "short_outputs": sum(1 for t in tokens if t < out_len),
+        "ttft_samples": len(ttft), "ttft_ms_p50": ms(_pct(ttft, 50)), "ttft_ms_p99": ms(_pct(ttft, 99)),
         "itl_ms_p50": ms(_pct(itl, 50)), "itl_ms_p99": ms(_pct(itl, 99)),
-        "e2e_ms_p50": ms(_pct([r["e2e"] for r in ok], 50)), "e2e_ms_p99": ms(_pct([r["e2e"] for r in ok], 99)),
-        "request_throughput": round(len(ok) / wall, 3), "output_tok_s": round(out_tokens / wall, 1),
-        "wall_s": round(wall, 2),
+        "e2e_ms_p50": ms(_pct(e2e, 50)), "e2e_ms_p99": ms(_pct(e2e, 99)),
+        "offered_req_s": round(offered_rate, 3), "request_throughput": round(achieved, 3),
+        "output_tok_s": round(sum(tokens) / wall, 1) if wall > 0 else 0.0,
+        "completion_rate_req_s": None if finish_rate is None else round(finish_rate, 3),
+        "saturated": bool(timed_out) or behind,
+        "wall_s": round(wall, 2), "timeout_s": timeout,
     }
+
+
+def measure(url: str, model: str, workload: dict, args: argparse.Namespace, extra: dict) -> dict:
+    """Every rate on one server, each after the server answers a 1-token request (settled)."""
+    out = {}
+    for rate in args.rates:
+        prompts, arrivals = workload[rate]
+        settle = asyncio.run(run_rate(url, model, prompts[:1], [0.0], 1, {}, 300.0))
+        recs, wall = asyncio.run(run_rate(url, model, prompts, arrivals, args.output_len, extra, args.timeout))
+        out[str(rate)] = {**summarize(recs, rate, args.duration, wall, args.output_len, args.timeout),
+                          "settle_s": round(settle[1], 2)}
+    return out
+
+
+def warm_up(url: str, model: str, workload: dict, args: argparse.Namespace) -> dict:
+    """Two short requests (loads lazily-initialized state); the same on both sides."""
+    prompts = workload[args.rates[0]][0][:2]
+    recs, wall = asyncio.run(run_rate(url, model, prompts, [0.0, 0.1], 8, {}, 300.0))
+    return summarize(recs, 10.0, 0.2, wall, 8, 300.0)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -123,7 +240,16 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def bench_sglite(args: argparse.Namespace, prompts_by_rate: dict) -> dict:
+def exit_note(proc: subprocess.Popen) -> str:
+    code = proc.poll()
+    if code is None:
+        return "still running"
+    if code == -signal.SIGKILL:
+        return "killed by SIGKILL (on Linux usually the kernel's OOM killer: see dmesg)"
+    return f"exited with code {code}"
+
+
+def bench_sglite(args: argparse.Namespace, workload: dict) -> dict:
     from sglite_runtime.entrypoints.launcher import launch_server
 
     log = open(os.path.join(args.log_dir, "sglite_server.log"), "w")
@@ -132,33 +258,44 @@ def bench_sglite(args: argparse.Namespace, prompts_by_rate: dict) -> dict:
         kw["device"] = args.device
     with launch_server(args.model_path, timeout=300, log_file=log, **kw) as h:
         model = httpx.get(h.url + "/v1/models").json()["data"][0]["id"]
-        asyncio.run(run_rate(h.url, model, prompts_by_rate[args.rates[0]][:2], 8, 10.0, 1, {}, 120))  # warm-up
-        return {str(r): asyncio.run(run_rate(h.url, model, prompts_by_rate[r], args.output_len, r, args.seed,
-                                             {"ignore_eos": True}, args.timeout)) for r in args.rates}
+        warm_up(h.url, model, workload, args)
+        return measure(h.url, model, workload, args, {"ignore_eos": True})
 
 
-def bench_peer(args: argparse.Namespace, prompts_by_rate: dict) -> dict:
-    """The peer at each thread setting; per rate, the setting with the lowest p99 TTFT wins."""
-    runs = {th: bench_peer_once(args, prompts_by_rate, th) for th in args.peer_threads}
-    ok = {th: r for th, r in runs.items() if "unavailable" not in r}
-    if not ok:
-        return next(iter(runs.values()))
+def pick_best(runs: dict[int, dict], rates: list[float]) -> dict:
+    """Per rate, the thread setting that completed the most requests, then the lowest p99 TTFT."""
+    ok = {th: r for th, r in runs.items() if all(str(rate) in r for rate in rates)}
     out: dict[str, Any] = {"by_threads": {str(th): r for th, r in runs.items()}}
-    for rate in map(str, args.rates):
-        best = min(ok, key=lambda th: ok[th][rate]["ttft_ms_p99"] if ok[th][rate]["completed"] else float("inf"))
+    if not ok:
+        out["unavailable"] = "; ".join(f"{th} threads: {r.get('unavailable', 'no figures')}" for th, r in runs.items())
+        return out
+    for rate in map(str, rates):
+        best = min(ok, key=lambda th: (-ok[th][rate]["completed"], ok[th][rate]["ttft_ms_p99"] or math.inf))
         out[rate] = {**ok[best][rate], "threads": best}
     return out
 
 
-def bench_peer_once(args: argparse.Namespace, prompts_by_rate: dict, threads: int) -> dict:
-    port = 30000 + random.Random().randrange(20000)
-    url = f"http://127.0.0.1:{port}"
+def peer_command(args: argparse.Namespace, port: int) -> list[str]:
     cmd = ["transformers", "serve", "--continuous-batching", "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", args.model_path]
+           "--log-level", "warning", "--cb-block-size", str(PEER_PAGE_SIZE),
+           "--cb-num-blocks", str(math.ceil(args.max_total_tokens / PEER_PAGE_SIZE)), args.model_path]
     if args.peer_device:
         cmd[2:2] = ["--device", args.peer_device]
-    log = open(os.path.join(args.log_dir, "peer_server.log"), "w")
+    return cmd
+
+
+def bench_peer_once(args: argparse.Namespace, workload: dict, threads: int) -> dict:
+    port = 30000 + random.Random().randrange(20000)
+    url = f"http://127.0.0.1:{port}"
+    cmd = peer_command(args, port)
+    log_path = os.path.join(args.log_dir, f"peer_server_t{threads}.log")
+    log = open(log_path, "w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
+
+    def tail() -> str:
+        log.flush()
+        return open(log_path).read()[-600:]
+
     try:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     except FileNotFoundError as e:
@@ -167,79 +304,129 @@ def bench_peer_once(args: argparse.Namespace, prompts_by_rate: dict, threads: in
         try:
             wait_ready(url, proc, 300)
         except RuntimeError as e:
-            log.flush()
-            tail = open(log.name).read()[-800:]
-            return {"unavailable": f"transformers serve did not start ({e}); log tail: {tail}"}
-        smoke = asyncio.run(run_rate(url, args.model_path, prompts_by_rate[args.rates[0]][:2], 8, 10.0, 1, {}, 300))
+            return {"unavailable": f"transformers serve did not start ({e}); log tail: {tail()}"}
+        smoke = warm_up(url, args.model_path, workload, args)
         if smoke["completed"] == 0:
-            return {"unavailable": f"transformers serve failed the smoke request: {smoke['errors']}"}
+            return {"unavailable": f"transformers serve failed the warm-up requests: {smoke['errors']} "
+                                   f"(server {exit_note(proc)}); log tail: {tail()}"}
         # ignore_eos is not an OpenAI field: the peer stops at EOS (rare on random prompts).
-        return {"command": " ".join(cmd), **{str(r): asyncio.run(run_rate(
-            url, args.model_path, prompts_by_rate[r], args.output_len, r, args.seed, {}, args.peer_timeout))
-            for r in args.rates}}
+        out: dict[str, Any] = {"command": " ".join(cmd)}
+        for rate in args.rates:
+            out.update(measure(url, args.model_path, {rate: workload[rate]}, _only(args, rate), {}))
+            if proc.poll() is not None:
+                out[str(rate)]["server"] = f"{exit_note(proc)} during this rate; log tail: {tail()}"
+                break
+        return out
     finally:
         stop(proc)
 
 
+def _only(args: argparse.Namespace, rate: float) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "rates": [rate]})
+
+
+def ratios(ours: dict, peer: dict, rates: list[float]) -> dict:
+    """sglite / peer per rate where both sides have the figure (latency: lower is better for
+    sglite; request throughput: higher is better), with each side's saturation."""
+    out = {}
+    for r in map(str, rates):
+        a, b = ours.get(r, {}), peer.get(r, {})
+        row: dict[str, Any] = {}
+        for k in ("ttft_ms_p99", "itl_ms_p50", "e2e_ms_p50"):
+            if a.get(k) and b.get(k):
+                row[k.replace("_ms", "") + "_ratio"] = round(a[k] / b[k], 3)
+        if a.get("request_throughput") and b.get("request_throughput"):
+            row["request_throughput_ratio"] = round(a["request_throughput"] / b["request_throughput"], 3)
+        if a and b:
+            row["completed"] = f"{a['completed']}/{a['offered']} vs {b['completed']}/{b['offered']}"
+            row["saturated"] = {"sglite": a["saturated"], "peer": b["saturated"]}
+        out[r] = row
+    return out
+
+
+MODEL_DEFAULTS = {"mid": {"rates": [4.0, 8.0], "output_len": 64}}  # the issue's mid-model workload
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-path", default=SHIPPED, help="a folder, or shipped / mid (a ~40M random Llama)")
+    ap.add_argument("--model-path", "--model", default=SHIPPED,
+                    help="a folder, or shipped / mid (a ~40M random Llama)")
     ap.add_argument("--peer-threads", type=int, nargs="+", default=None,
                     help="OMP_NUM_THREADS settings swept for the peer (default: 1 and every core)")
-    ap.add_argument("--quick", action="store_true", help="a few requests at one rate (CI smoke)")
-    ap.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate")
+    ap.add_argument("--quick", action="store_true", help="a few requests at one rate (smoke)")
+    ap.add_argument("--rates", type=float, nargs="+", default=None,
+                    help="request rates (default 1 2 4 8; mid: 4 8)")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds of Poisson arrivals per rate")
     ap.add_argument("--input-len", type=int, default=256)
-    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=None, help="default 128; mid: 64")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="per-request limit from its arrival, both sides (default max(30, 2 x duration))")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--peer-timeout", type=float, default=45.0,
-                    help="client timeout per peer request; slower requests count as not completed")
     ap.add_argument("--peer-device", default=None, help="--device for transformers serve (needs accelerate)")
-    ap.add_argument("--max-total-tokens", type=int, default=65536)
+    ap.add_argument("--max-total-tokens", type=int, default=65536, help="KV pool, tokens, both sides")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--log-dir", default="/tmp")
     args = ap.parse_args()
     label = os.path.basename(args.model_path) if os.path.isdir(args.model_path) else args.model_path
+    defaults = MODEL_DEFAULTS.get(label, {})
+    args.rates = args.rates or defaults.get("rates", [1.0, 2.0, 4.0, 8.0])
+    args.output_len = args.output_len or defaults.get("output_len", 128)
     args.model_path = resolve_model(args.model_path)
     args.peer_threads = args.peer_threads or sorted({1, os.cpu_count() or 1})
-    if not os.path.exists(os.path.join(args.model_path, "model.safetensors")) and not any(
-            f.endswith(".safetensors") for f in os.listdir(args.model_path)):
+    if not any(f.endswith(".safetensors") for f in os.listdir(args.model_path)):
         sys.exit(f"no weights in {args.model_path}: pass --model-path")
     if args.quick:
-        args.rates, args.duration, args.output_len = [2.0], 2.0, 32
-    prompts_by_rate = {r: make_prompts(args.model_path, max(2, int(r * args.duration)), args.input_len,
-                                       args.seed + int(r * 10)) for r in args.rates}
+        args.rates, args.duration, args.output_len = args.rates[:1], 3.0, 32
+    args.timeout = args.timeout or max(30.0, 2 * args.duration)
+    workload: dict[float, tuple[list[str], list[float]]] = {}
+    in_lens: list[int] = []
+    for r in args.rates:
+        arrivals = poisson_arrivals(r, args.duration, args.seed + int(r * 10))
+        prompts, lens = make_prompts(args.model_path, len(arrivals), args.input_len, args.seed + int(r * 10))
+        workload[r] = (prompts, arrivals)
+        in_lens += lens
     t = time.time()
     result: dict[str, Any] = {
         "model_path": args.model_path, "mode": "quick" if args.quick else "full",
-        "workload": {"input_len": args.input_len, "output_len": args.output_len, "rates": args.rates,
-                     "arrivals": "poisson", "duration_s_per_rate": args.duration, "greedy": True,
-                     "api": "/v1/completions stream"},
+        "workload": {"input_len": args.input_len, "input_tokens_mean": round(sum(in_lens) / len(in_lens), 1),
+                     "output_len": args.output_len, "rates": args.rates, "arrivals": "poisson, same on both sides",
+                     "duration_s_per_rate": args.duration, "timeout_s_per_request": args.timeout,
+                     "greedy": True, "api": "/v1/completions stream", "kv_pool_tokens": args.max_total_tokens,
+                     "offered": {str(r): len(workload[r][1]) for r in args.rates}},
     }
-    result["sglite"] = bench_sglite(args, prompts_by_rate)
-    result["peer"] = {"name": "transformers serve --continuous-batching"} | (
-        {"unavailable": "--skip-peer"} if args.skip_peer else bench_peer(args, prompts_by_rate))
+    result["sglite"] = bench_sglite(args, workload)
+    peer: dict[str, Any] = {"name": "transformers serve --continuous-batching"}
+    if args.skip_peer:
+        peer["unavailable"] = "--skip-peer"
+    else:
+        peer |= pick_best({th: bench_peer_once(args, workload, th) for th in args.peer_threads}, args.rates)
+    result["peer"] = peer
     result["total_s"] = round(time.time() - t, 1)
     result["ratios"] = ratios(result["sglite"], result["peer"], args.rates)
     result["targets"] = {"ttft_p99_ratio": "<= 0.5 at 4 and 8 req/s", "itl_p50_ratio": "<= 0.8 at 4 and 8 req/s"}
     name = ("serving_quick" if args.quick else "serving") + ("" if label in ("sglite-tiny", "shipped") else f"_{label}")
     write_results(name, result)
-    print(json.dumps({k: result[k] for k in ("sglite", "peer", "ratios")}, indent=1))
+    print(table(result))
 
 
-def ratios(ours: dict, peer: dict, rates: list[float]) -> dict:
-    """sglite / peer for p99 TTFT and p50 ITL per rate (lower is better for sglite)."""
-    out = {}
-    for r in map(str, rates):
-        a, b = ours.get(r, {}), peer.get(r, {})
-        row = {}
-        for k in ("ttft_ms_p99", "itl_ms_p50", "e2e_ms_p50"):
-            if a.get(k) and b.get(k):
-                row[k.replace("_ms", "") + "_ratio"] = round(a[k] / b[k], 3)
-        out[r] = row
-    return out
+def table(result: dict) -> str:
+    """One line per side and rate: completed/offered, latencies, throughput, saturation."""
+    lines = [f"{'side':8} {'rate':>5} {'done':>9} {'ttft p50/p99 ms':>21} {'itl p50 ms':>10} {'req/s':>6}"]
+    for side in ("sglite", "peer"):
+        if "unavailable" in result[side]:
+            lines.append(f"{side:8} unavailable: {result[side]['unavailable'][:300]}")
+            continue
+        for rate in map(str, result["workload"]["rates"]):
+            s = result[side].get(rate)
+            if not s:
+                continue
+            lines.append(f"{side:8} {rate:>5} {s['completed']:>4}/{s['offered']:<4} "
+                         f"{s['ttft_ms_p50']!s:>10}/{s['ttft_ms_p99']!s:<10} {s['itl_ms_p50']!s:>10} "
+                         f"{s['request_throughput']:>6}" + ("  SATURATED" if s["saturated"] else "")
+                         + (f"  threads={s['threads']}" if "threads" in s else ""))
+    lines.append("ratios (sglite/peer): " + json.dumps(result["ratios"]))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
