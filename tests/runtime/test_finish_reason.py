@@ -82,3 +82,13 @@ def test_stop_matching_and_trimming_use_the_typed_reason():
     assert trim_stop("ab END 42", FinishStop(matched="END")) == "ab "
     assert trim_stop("ab END 42", FinishStop(matched=r"\d\d", regex=True)) == "ab END "
     assert trim_stop("ab END 42", FinishStop(matched=7)) == "ab END 42"  # a token id: trimmed by ids
+
+
+def test_metrics_count_aborts_from_the_typed_reason():
+    from sglite_runtime.entrypoints.metrics import ServerMetrics
+    from sglite_runtime.managers.tokenizer_manager import ReqState
+
+    m = ServerMetrics("m")
+    for reason in (FinishStop(matched=None), FinishLength(length=1), FinishAbort("gone"), FinishAbort("x", 500)):
+        m.on_finish(ReqState(finish_reason=reason), 0.0)
+    assert m.num_requests._value.get() == 4 and m.num_aborted._value.get() == 2
