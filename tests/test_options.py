@@ -76,7 +76,7 @@ def _served_model_name(ctx: Ctx) -> None:
 
 
 def _log_requests(ctx: Ctx, caplog: Any) -> None:
-    from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
+    from sglite_runtime.managers.io_struct import GenerateReqInput
 
     for on in (False, True):
         caplog.clear()
@@ -199,7 +199,7 @@ def _chunked_prefill_size(ctx: Ctx) -> None:
 
 
 def _max_fanout(ctx: Ctx) -> None:
-    from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
+    from sglite_runtime.managers.io_struct import GenerateReqInput
 
     obj = GenerateReqInput(input_ids=[5], sampling_params={"n": 3, "max_new_tokens": 1})
     assert len(_tm(ctx, max_fanout=3)._prepare_sync(obj)) == 1

@@ -20,7 +20,8 @@ from typing import Any, AsyncGenerator, Iterator
 from sglite_runtime.entrypoints.engine_calls import EngineDeadError, check_outputs, submit, wait_async, wait_sync
 from sglite_runtime.entrypoints.launcher import RuntimeProcesses, launch_subprocesses
 from sglite_runtime.entrypoints.process_utils import LOG_LEVEL_ENV, set_log_level, validate_model_path
-from sglite_runtime.managers.tokenizer_manager import GenerateReqInput, TokenizerManager
+from sglite_runtime.managers.io_struct import GenerateReqInput
+from sglite_runtime.managers.tokenizer_manager import TokenizerManager
 from sglite_runtime.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from sglite_runtime.entrypoints.http_utils import (SSE_DONE, abort_status, error
 from sglite_runtime.entrypoints.metrics import CONTENT_TYPE, ServerMetrics
 from sglite_runtime.entrypoints.openai_protocol import AbortRequest, FlushCacheRequest, GenerateRequest
 from sglite_runtime.entrypoints.server_lifecycle import GuardMiddleware, ServerState, SglServer, abort, watchdog
-from sglite_runtime.managers.tokenizer_manager import GenerateReqInput, TokenizerManager
+from sglite_runtime.managers.io_struct import GenerateReqInput
+from sglite_runtime.managers.tokenizer_manager import TokenizerManager
 from sglite_runtime.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from sglite_runtime.entrypoints.openai_common import (APIError, _check_model, _D
                                                       _sampling, _sse_stream, _usage)
 from sglite_runtime.entrypoints.openai_protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                                         TokenizeRequest)
-from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
+from sglite_runtime.managers.io_struct import GenerateReqInput
 
 #: Kept under its old name (tests and callers render prompts with it).
 _render_chat = render_chat

@@ -25,7 +25,7 @@ from sglite_runtime.entrypoints.reasoning import ReasoningStream, split_reasonin
 from sglite_runtime.entrypoints.tool_calls import (AutoStreamParser, ToolError, ToolSpec, forced_call_schema,
                                                    parse_auto, parse_forced, parse_tool_request, render_messages,
                                                    template_knows_tools)
-from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
+from sglite_runtime.managers.io_struct import GenerateReqInput
 
 
 def render_chat(tm: Any, messages: list, add_generation_prompt: bool = True, tools: ToolSpec | None = None,

@@ -11,7 +11,7 @@ from fastapi import Request
 
 from sglite_runtime.entrypoints.http_utils import SSE_DONE, abort_status, error_body, sse
 from sglite_runtime.entrypoints.openai_protocol import ChatCompletionRequest, CompletionRequest, SGLangExtras
-from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
+from sglite_runtime.managers.io_struct import GenerateReqInput
 
 
 class APIError(Exception):

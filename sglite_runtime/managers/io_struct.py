@@ -1,4 +1,5 @@
-"""Typed messages that cross process boundaries, and their one codec (msgspec msgpack).
+"""Typed messages that cross process boundaries, and their one codec (msgspec msgpack);
+plus ``GenerateReqInput``, the native ``/generate`` request every entry builds (as in SGLang).
 
 Flow: TokenizerManager → Scheduler (requests and control), Scheduler → Detokenizer
 (``BatchTokenIDOut``), Detokenizer → TokenizerManager (``BatchStrOut``), and Scheduler →
@@ -7,7 +8,8 @@ TokenizerManager for control replies.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Any, Union, cast
 
 import msgspec
 
@@ -149,3 +151,65 @@ def encode(msg: Message) -> bytes:
 
 def decode(data: bytes) -> Message:
     return _decoder.decode(data)
+
+
+# -- the native request (HTTP /generate, /v1 adapters, /run_program gens, Engine) ------------
+@dataclass
+class GenerateReqInput:
+    """A native ``/generate`` request (SGLang's field names)."""
+
+    text: str | list[str] | None = None
+    input_ids: list[int] | list[list[int]] | None = None
+    sampling_params: dict | list[dict] | None = None
+    rid: str | list[str] | None = None
+    return_logprob: bool | list[bool] = False
+    logprob_start_len: int | list[int] | None = None
+    top_logprobs_num: int | list[int] | None = None
+    return_text_in_logprobs: bool = False
+    stream: bool = False
+    image_data: Any = None
+
+    def is_batch(self) -> bool:
+        if self.text is not None:
+            return isinstance(self.text, list)
+        return self.input_ids is not None and bool(self.input_ids) and isinstance(self.input_ids[0], list)
+
+    def split(self) -> list["GenerateReqInput"]:
+        """One single request per element of a batch request."""
+        if not self.is_batch():
+            return [self]
+        # A batch: ``text`` is a list of prompts, or ``input_ids`` a list of id lists.
+        batch_ids: Any = self.input_ids
+        n = len(self.text if self.text is not None else batch_ids)
+
+        def pick(v: Any, i: int) -> Any:
+            return v[i] if isinstance(v, list) else v
+
+        return [GenerateReqInput(
+            text=self.text[i] if self.text is not None else None,
+            input_ids=batch_ids[i] if self.text is None else None,
+            sampling_params=pick(self.sampling_params, i),
+            rid=pick(self.rid, i), return_logprob=pick(self.return_logprob, i),
+            logprob_start_len=pick(self.logprob_start_len, i), top_logprobs_num=pick(self.top_logprobs_num, i),
+            return_text_in_logprobs=self.return_text_in_logprobs, stream=self.stream) for i in range(n)]
+
+
+def single_rid(s: GenerateReqInput) -> str | None:
+    """The rid of a single request (``split()`` leaves one string or None per request)."""
+    return cast("str | None", s.rid)
+
+
+def input_chars(obj: GenerateReqInput) -> int:
+    """Characters (or ids) of every prompt: what decides whether validation runs off the event loop."""
+    if isinstance(obj.text, str):
+        return len(obj.text)
+    if isinstance(obj.text, list):
+        return sum(len(t) for t in obj.text if isinstance(t, str))
+    return len(obj.input_ids) if isinstance(obj.input_ids, list) else 0
+
+
+def has_grammar(sp: Any) -> bool:
+    """Whether any prompt's sampling params carry a constraint (checked off the event loop)."""
+    dicts = sp if isinstance(sp, list) else [sp]
+    return any(isinstance(d, dict) and any(d.get(k) is not None for k in ("regex", "json_schema", "choices", "stop_regex"))
+               for d in dicts)

@@ -33,7 +33,7 @@ from sglite.protocol.select import (
     align_scores, method_by_name, scoring_request, select_decision, unconditional_request,
 )
 from sglite.protocol.stream_state import StreamText, gathered_names, static_prefix
-from sglite_runtime.managers.tokenizer_manager import GenerateReqInput
+from sglite_runtime.managers.io_struct import GenerateReqInput
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, AsyncGenerator, Callable, cast
 
 import zmq
@@ -24,16 +23,19 @@ from sglite_runtime.managers.io_struct import (
     AbortReq,
     BatchStrOut,
     FinishAbort,
-    FinishReason,
     FlushCacheReq,
     FlushCacheReqOutput,
+    GenerateReqInput,
     GetInternalStateReq,
     GetInternalStateReqOutput,
     TokenizedGenerateReqInput,
     decode,
     encode,
-    finish_reason_json,
+    has_grammar,
+    input_chars,
+    single_rid,
 )
+from sglite_runtime.managers.req_state import ReqState, format_output
 from sglite_runtime.managers.request_validation import MAX_N, check_generate_input
 from sglite_runtime.sampling.sampling_params import SamplingParams, check_context_length, check_unicode
 from sglite_runtime.server_args import ServerArgs
@@ -46,65 +48,6 @@ logger = logging.getLogger(__name__)
 OFF_LOOP_CHARS = 16 * 1024
 # Sent to the waiters of a runtime that died (the scheduler or detokenizer process is gone).
 RUNTIME_DEAD_MESSAGE = "The server's runtime stopped (scheduler or detokenizer process died); the request was lost."
-
-
-@dataclass
-class GenerateReqInput:
-    """A native ``/generate`` request (SGLang's field names)."""
-
-    text: str | list[str] | None = None
-    input_ids: list[int] | list[list[int]] | None = None
-    sampling_params: dict | list[dict] | None = None
-    rid: str | list[str] | None = None
-    return_logprob: bool | list[bool] = False
-    logprob_start_len: int | list[int] | None = None
-    top_logprobs_num: int | list[int] | None = None
-    return_text_in_logprobs: bool = False
-    stream: bool = False
-    image_data: Any = None
-
-    def is_batch(self) -> bool:
-        if self.text is not None:
-            return isinstance(self.text, list)
-        return self.input_ids is not None and bool(self.input_ids) and isinstance(self.input_ids[0], list)
-
-    def split(self) -> list["GenerateReqInput"]:
-        """One single request per element of a batch request."""
-        if not self.is_batch():
-            return [self]
-        # A batch: ``text`` is a list of prompts, or ``input_ids`` a list of id lists.
-        batch_ids: Any = self.input_ids
-        n = len(self.text if self.text is not None else batch_ids)
-
-        def pick(v: Any, i: int) -> Any:
-            return v[i] if isinstance(v, list) else v
-
-        return [GenerateReqInput(
-            text=self.text[i] if self.text is not None else None,
-            input_ids=batch_ids[i] if self.text is None else None,
-            sampling_params=pick(self.sampling_params, i),
-            rid=pick(self.rid, i), return_logprob=pick(self.return_logprob, i),
-            logprob_start_len=pick(self.logprob_start_len, i), top_logprobs_num=pick(self.top_logprobs_num, i),
-            return_text_in_logprobs=self.return_text_in_logprobs, stream=self.stream) for i in range(n)]
-
-
-def _single_rid(s: GenerateReqInput) -> str | None:
-    """The rid of a single request (``split()`` leaves one string or None per request)."""
-    return cast("str | None", s.rid)
-
-
-@dataclass
-class ReqState:
-    out_list: list[bool] = field(default_factory=list)  # one marker per update not yet read
-    finished: bool = False
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    text: str = ""
-    output_ids: list[int] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-    finish_reason: FinishReason | None = None  # set once, by the message that finishes the request
-    created: float = field(default_factory=time.monotonic)
-    first_token_time: float | None = None
-    last_token_time: float | None = None
 
 
 class TokenizerManager:
@@ -243,7 +186,7 @@ class TokenizerManager:
         # (index in the response, single, ids, sampling dict, rid)
         expanded: list[tuple[int, GenerateReqInput, list[int], dict[str, Any], str]] = []
         for i, (s, ids, sp) in enumerate(prepared):
-            base = _single_rid(s) or uuid.uuid4().hex
+            base = single_rid(s) or uuid.uuid4().hex
             if sp.n > 1:
                 for j in range(sp.n):
                     d = sp.to_dict() | {"n": 1}
@@ -257,7 +200,7 @@ class TokenizerManager:
                 raise ValueError(f"Duplicate request id {rid!r}.")
         groups: dict[str, list[str]] = {}
         for s, _, sp in prepared:
-            group_rid = _single_rid(s)
+            group_rid = single_rid(s)
             if group_rid and sp.n > 1:
                 groups[group_rid] = [f"{group_rid}-{j}" for j in range(sp.n)]
         self._rid_groups.update(groups)
@@ -265,7 +208,7 @@ class TokenizerManager:
             # Only now, with the whole batch valid, does anything reach the scheduler.
             for s, ids, sp in prepared:
                 if sp.n > 1:
-                    await self._precache_prefix(ids, _single_rid(s) or uuid.uuid4().hex)
+                    await self._precache_prefix(ids, single_rid(s) or uuid.uuid4().hex)
             for _, s, ids, d, rid in expanded:
                 self._send(s, ids, d, rid)
             if obj.stream:
@@ -296,8 +239,8 @@ class TokenizerManager:
         Large inputs and grammars go to a worker thread: tokenizing megabytes or checking a
         grammar must not stall the event loop that answers every other client.
         """
-        size = _input_chars(obj)
-        heavy = size > OFF_LOOP_CHARS or _has_grammar(obj.sampling_params)
+        size = input_chars(obj)
+        heavy = size > OFF_LOOP_CHARS or has_grammar(obj.sampling_params)
         if not heavy:
             return self._prepare_sync(obj)
         return await asyncio.get_running_loop().run_in_executor(self._validate_pool, self._prepare_sync, obj)
@@ -359,7 +302,7 @@ class TokenizerManager:
             if state.finished:
                 self.rid_to_state.pop(rid, None)
                 state.out_list.clear()
-                return self._format(rid, state, s, incremental=False)
+                return format_output(rid, state, s, False, self.tokenizer)
 
     async def _stream(self, expanded: list[tuple[int, GenerateReqInput, list[int], dict[str, Any], str]], batched: bool,
                       request: Any) -> AsyncGenerator[dict, None]:
@@ -369,7 +312,7 @@ class TokenizerManager:
             try:
                 while True:
                     state = await self._wait_one(rid, request)
-                    chunk = self._format(rid, state, s, incremental=True)
+                    chunk = format_output(rid, state, s, True, self.tokenizer)
                     if batched:
                         chunk["index"] = index
                     await queue.put(chunk)
@@ -429,37 +372,6 @@ class TokenizerManager:
                     self.metrics.on_finish(state, now)
             state.event.set()
 
-    def _format(self, rid: str, state: ReqState, s: GenerateReqInput, incremental: bool) -> dict:
-        m = state.meta
-        meta: dict[str, Any] = {
-            "id": rid,
-            "finish_reason": finish_reason_json(state.finish_reason),
-            "prompt_tokens": m.get("prompt_tokens", 0),
-            "completion_tokens": m.get("completion_tokens", 0),
-            "cached_tokens": m.get("cached_tokens", 0),
-            "e2e_latency": time.monotonic() - state.created,
-        }
-        if s.return_logprob:
-            with_text = s.return_text_in_logprobs
-            if incremental:
-                out_lp = m.pop("_pending_output_token_logprobs", [])
-                out_top = m.pop("_pending_output_top_logprobs", [])
-            else:
-                out_lp, out_top = m.get("output_token_logprobs", []), m.get("output_top_logprobs", [])
-            meta["output_token_logprobs"] = self._triples(out_lp, with_text)
-            meta["output_token_logprobs_length"] = m.get("completion_tokens", 0)
-            meta["input_token_logprobs"] = self._triples(m.get("input_token_logprobs") or [], with_text)
-            if s.top_logprobs_num:
-                meta["output_top_logprobs"] = [self._triples(x or [], with_text) for x in out_top]
-                meta["input_top_logprobs"] = [self._triples(x, with_text) if x else None
-                                              for x in (m.get("input_top_logprobs") or [])]
-        return {"text": state.text, "output_ids": list(state.output_ids), "meta_info": meta}
-
-    def _triples(self, pairs: list, with_text: bool) -> list[list]:
-        if not with_text:
-            return [[lp, tid, None] for lp, tid in pairs]
-        return [[lp, tid, self.tokenizer.decode([tid])] for lp, tid in pairs]
-
     # ---- control -----------------------------------------------------------------------------------
     def abort_request(self, rid: str = "", abort_all: bool = False, keep_waiters: bool = False) -> None:
         """Abort one request by its exact rid (with the samples ``rid-0``… of an ``n > 1``
@@ -508,20 +420,6 @@ class TokenizerManager:
 
     def server_args_dict(self) -> dict:
         return dataclasses.asdict(copy.copy(self.server_args)) | {"api_key": None}
-
-
-def _input_chars(obj: GenerateReqInput) -> int:
-    if isinstance(obj.text, str):
-        return len(obj.text)
-    if isinstance(obj.text, list):
-        return sum(len(t) for t in obj.text if isinstance(t, str))
-    return len(obj.input_ids) if isinstance(obj.input_ids, list) else 0
-
-
-def _has_grammar(sp: Any) -> bool:
-    dicts = sp if isinstance(sp, list) else [sp]
-    return any(isinstance(d, dict) and any(d.get(k) is not None for k in ("regex", "json_schema", "choices", "stop_regex"))
-               for d in dicts)
 
 
 def _max_token_bytes(tokenizer: Any) -> int:

@@ -13,7 +13,8 @@ from probe_table import LOGIT_BIAS_PROBES, PROMPT_100, REQUEST_PROBES, SAMPLING_
 from reliability_utils import POOL_TOKENS
 
 from sglite_runtime.entrypoints.process_utils import PortArgs
-from sglite_runtime.managers.tokenizer_manager import GenerateReqInput, TokenizerManager
+from sglite_runtime.managers.io_struct import GenerateReqInput
+from sglite_runtime.managers.tokenizer_manager import TokenizerManager
 from sglite_runtime.server_args import ServerArgs
 
 

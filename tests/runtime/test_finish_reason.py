@@ -86,7 +86,7 @@ def test_stop_matching_and_trimming_use_the_typed_reason():
 
 def test_metrics_count_aborts_from_the_typed_reason():
     from sglite_runtime.entrypoints.metrics import ServerMetrics
-    from sglite_runtime.managers.tokenizer_manager import ReqState
+    from sglite_runtime.managers.req_state import ReqState
 
     m = ServerMetrics("m")
     for reason in (FinishStop(matched=None), FinishLength(length=1), FinishAbort("gone"), FinishAbort("x", 500)):
