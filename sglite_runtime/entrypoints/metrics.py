@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from sglite_runtime.managers.io_struct import FinishAbort
+from sglite_runtime.managers.req_state import ReqState
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                     10.0, 20.0, 40.0, 80.0, 160.0)
@@ -54,7 +55,7 @@ class ServerMetrics:
         self.e2e = hist("e2e_request_latency_seconds", "End-to-end request latency.", _LATENCY_BUCKETS)
 
     # ---- TokenizerManager hooks ----------------------------------------------------------------
-    def on_output(self, state: Any, new_ids: list[int], now: float) -> None:
+    def on_output(self, state: ReqState, new_ids: list[int], now: float) -> None:
         """Called for every batch of new tokens, before ``state.last_token_time`` is updated."""
         if not new_ids:
             return
@@ -67,7 +68,7 @@ class ServerMetrics:
             for _ in new_ids:
                 self.itl.observe(gap)
 
-    def on_finish(self, state: Any, now: float) -> None:
+    def on_finish(self, state: ReqState, now: float) -> None:
         m = state.meta
         self.num_requests.inc()
         self.prompt_tokens.inc(m.get("prompt_tokens", 0) or 0)

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import Any, AsyncGenerator, Callable, cast
+from typing import Any, AsyncGenerator, Callable, Protocol, cast
 
 import zmq
 import zmq.asyncio
@@ -50,8 +50,31 @@ OFF_LOOP_CHARS = 16 * 1024
 RUNTIME_DEAD_MESSAGE = "The server's runtime stopped (scheduler or detokenizer process died); the request was lost."
 
 
+# What the TokenizerManager needs from the objects its entry points hand it (structural types,
+# so managers/ does not import entrypoints/ or Starlette).
+class SchedulerPorts(Protocol):
+    """The ZMQ endpoints (``entrypoints.process_utils.PortArgs``)."""
+
+    scheduler_input_ipc: str
+    tokenizer_ipc: str
+
+
+class ClientConnection(Protocol):
+    """The HTTP request a generation serves (a Starlette ``Request``): polled for disconnects."""
+
+    async def is_disconnected(self) -> bool: ...
+
+
+class OutputObserver(Protocol):
+    """Per-request metrics (``entrypoints.metrics.ServerMetrics``)."""
+
+    def on_output(self, state: ReqState, new_ids: list[int], now: float) -> None: ...
+
+    def on_finish(self, state: ReqState, now: float) -> None: ...
+
+
 class TokenizerManager:
-    def __init__(self, server_args: ServerArgs, port_args: Any, context_len: int, vocab_size: int,
+    def __init__(self, server_args: ServerArgs, port_args: SchedulerPorts, context_len: int, vocab_size: int,
                  max_total_num_tokens: int | None = None):
         self.server_args = server_args
         assert server_args.tokenizer_path is not None  # ServerArgs.__post_init__ defaults it
@@ -82,7 +105,7 @@ class TokenizerManager:
         self._control_futures: dict[type, asyncio.Future] = {}
         self._control_lock: asyncio.Lock | None = None
         self._loop_task: asyncio.Task | None = None
-        self.metrics: Any = None  # set by the HTTP server: called on first token and finish
+        self.metrics: OutputObserver | None = None  # set by the HTTP server: called on first token and finish
         self.grammar_validator = _make_grammar_validator()
         # One thread: heavy validations queue behind each other instead of sharing the tokenizer.
         self._validate_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sglite-validate")
@@ -173,7 +196,7 @@ class TokenizerManager:
         return sp
 
     # ---- generate ------------------------------------------------------------------------------
-    async def generate_request(self, obj: GenerateReqInput, request: Any = None) -> AsyncGenerator[Any, None]:
+    async def generate_request(self, obj: GenerateReqInput, request: ClientConnection | None = None) -> AsyncGenerator[Any, None]:
         """Yield outputs in the ``/generate`` shape: one dict (single) or a list (batch).
 
         Streaming yields cumulative text chunks (with ``index`` for batches). Raises
@@ -281,7 +304,7 @@ class TokenizerManager:
         if self.server_args.log_requests:
             logger.info("request %s: %d prompt tokens, %s", rid, len(ids), sp)
 
-    async def _wait_one(self, rid: str, request: Any) -> ReqState:
+    async def _wait_one(self, rid: str, request: ClientConnection | None) -> ReqState:
         state = self.rid_to_state.get(rid)
         if state is None:  # aborted and forgotten meanwhile (e.g. its client went away)
             raise asyncio.CancelledError(f"request {rid} was aborted")
@@ -296,7 +319,7 @@ class TokenizerManager:
             state.event.clear()
             return state
 
-    async def _wait_final(self, rid: str, s: GenerateReqInput, request: Any) -> dict:
+    async def _wait_final(self, rid: str, s: GenerateReqInput, request: ClientConnection | None) -> dict:
         while True:
             state = await self._wait_one(rid, request)
             if state.finished:
@@ -305,7 +328,7 @@ class TokenizerManager:
                 return format_output(rid, state, s, False, self.tokenizer)
 
     async def _stream(self, expanded: list[tuple[int, GenerateReqInput, list[int], dict[str, Any], str]], batched: bool,
-                      request: Any) -> AsyncGenerator[dict, None]:
+                      request: ClientConnection | None) -> AsyncGenerator[dict, None]:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(index: int, s: GenerateReqInput, rid: str) -> None:

@@ -28,12 +28,16 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
+    from sglite_runtime.managers.schedule_batch import Req
     from sglite_runtime.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPoolAllocator
+
+# A child's key: its first token (page_size 1) or the tuple of its first page's tokens.
+ChildKey = int | tuple[int, ...]
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +57,7 @@ class TreeNode:
         lock_ref: int = 0,
         last_access_time: int = 0,
     ):
-        # Keyed by the first token (page_size 1) or the tuple of the first page's tokens.
-        self.children: dict[Any, TreeNode] = {}
+        self.children: dict[ChildKey, TreeNode] = {}
         self.parent: TreeNode | None = parent  # None only for the root
         self.key: list[int] = key if key is not None else []
         self.value: torch.Tensor = value if value is not None else torch.empty(0, dtype=torch.int64)
@@ -111,7 +114,7 @@ class RadixCache:
         self._clock += 1
         return self._clock
 
-    def _child_key(self, key: list[int]) -> Any:
+    def _child_key(self, key: list[int]) -> ChildKey:
         return key[0] if self.page_size == 1 else tuple(key[: self.page_size])
 
     def _aligned_len(self, n: int) -> int:
@@ -327,18 +330,18 @@ class RadixCache:
         return parent
 
     # ---- request hand-over --------------------------------------------------------------------
-    def _protected_len(self, req: Any) -> int:
+    def _protected_len(self, req: Req) -> int:
         # The tree-owned part of req.prefix_indices: it is a match result (page aligned) or the
         # output of cache_unfinished_req (tree part + the request's own unaligned tail).
         return self._aligned_len(len(req.prefix_indices))
 
-    def owned_prefix_len(self, req: Any) -> int:
+    def owned_prefix_len(self, req: Req) -> int:
         """How many leading slots of the request's row the tree owns (and keeps when the
         request is retracted): none without a tree; else the page-aligned part of
         ``prefix_indices`` (its unaligned tail belongs to the request)."""
         return 0 if self.disable else self._protected_len(req)
 
-    def cache_finished_req(self, req: Any, token_ids: list[int] | None = None) -> None:
+    def cache_finished_req(self, req: Req, token_ids: list[int] | None = None) -> None:
         """Hand a finished request's KV to the tree and release everything else it holds.
 
         Reads ``req.origin_input_ids + req.output_ids``; the last output token has no KV, so the
@@ -350,6 +353,7 @@ class RadixCache:
         ``token_ids`` overrides the tokens whose KV the row holds, for a request released right
         after a prefill (prefill-only, or aborted mid-prefill), where every token has KV.
         """
+        assert req.req_pool_idx is not None, "only a request that holds a row can be cached"
         if token_ids is not None:
             ids = list(token_ids)
         else:
@@ -373,7 +377,7 @@ class RadixCache:
         self.req_to_token_pool.free(req.req_pool_idx)
         self.dec_lock_ref(req.last_node)
 
-    def cache_unfinished_req(self, req: Any) -> None:
+    def cache_unfinished_req(self, req: Req) -> None:
         """Hand the KV of ``req.fill_ids`` (computed so far) to the tree, keep the request going.
 
         Preconditions: ``req_to_token[req.req_pool_idx, :len(req.fill_ids)]`` holds valid KV for
