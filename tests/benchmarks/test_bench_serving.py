@@ -82,7 +82,7 @@ def test_deadline_counts_unfinished_requests(sse_url):
     assert time.perf_counter() - t < 2.5 and wall < 2.0  # the stalled stream was cut at its deadline
     s = summarize(recs, rate=4.0, duration=1.0, wall=wall, out_len=3, timeout=0.8)
     assert (s["offered"], s["completed"], s["unfinished"], s["failed"]) == (4, 2, 1, 1)
-    assert s["unfinished_with_first_token"] == 1 and s["ttft_samples"] == 3  # fast, held, slow
+    assert s["unfinished_with_first_token"] == 1 and s["ttft_censored"] == 0  # fast, held, slow
     assert s["held_back"] == 1 and s["short_outputs"] == 1  # "held" reported 2 < 3 tokens
     assert "HTTP 400" in s["errors"][0]
     assert s["saturated"]  # a request was unfinished at the deadline
@@ -105,11 +105,23 @@ def test_summarize_saturation_by_throughput():
     # A long service time alone (each takes 3 s, no queue) is not falling behind.
     slow = [_rec(i / 10, [i / 10 + 2.9], i / 10 + 3.0) for i in range(10)]
     s = summarize(slow, 10.0, 1.0, 3.9, out_len=2, timeout=30)
-    assert not s["saturated"] and s["completion_rate_req_s"] == pytest.approx(10)
+    assert not s["saturated"] and s["window_req_s"] == pytest.approx(10 / 0.9, rel=1e-3)
     # One finish every 0.4 s for arrivals every 0.1 s (a queue built, then drained): 2.5 req/s.
     queued = [_rec(i / 10, [0.4 * i + 0.05], 0.4 * i + 0.1) for i in range(10)]
     s = summarize(queued, 10.0, 1.0, 3.7, out_len=2, timeout=30)
-    assert s["saturated"] and s["unfinished"] == 0 and s["completion_rate_req_s"] == pytest.approx(2.5)
+    assert s["saturated"] and s["unfinished"] == 0 and s["window_req_s"] == pytest.approx(10 / 3.6, rel=1e-3)
+    # Everything admitted, the first served fast, the rest finishing together near the end (what
+    # an overloaded continuous-batching server does): finish-to-finish they look fast (30/s).
+    bunched = [_rec(0.0, [0.05], 0.1)] + [_rec(i / 10, [2.9], 3.0 + 0.03 * i) for i in range(1, 10)]
+    s = summarize(bunched, 10.0, 1.0, 3.27, out_len=2, timeout=30)
+    assert s["saturated"] and s["window_req_s"] == pytest.approx(10 / 3.17, rel=1e-3)
+
+
+def test_ttft_percentile_censored_at_the_deadline():
+    recs = [_rec(0.0, [0.1 * (i + 1)], 0.1 * (i + 1) + 0.5) for i in range(3)] + [_rec(0.0, [], timed_out=True)]
+    s = summarize(recs, 4.0, 1.0, 2.0, out_len=2, timeout=1.5)
+    assert s["ttft_censored"] == 1 and s["ttft_ms_p99"] is None  # above the timeout: not a number
+    assert s["ttft_ms_p50"] == pytest.approx(300, abs=1e-6)  # the median is still known
 
 
 def test_poisson_arrivals_seeded_and_bounded():
@@ -126,16 +138,17 @@ def _side(completed: int, ttft99: float | None, tput: float, sat: bool) -> dict:
 
 
 def test_pick_best_prefers_completed_then_ttft_and_ratios():
-    runs = {1: {"command": "x", "4.0": _side(10, 900.0, 1.0, True)},
-            2: {"command": "y", "4.0": _side(6, 100.0, 0.5, True)},
-            4: {"unavailable": "failed the warm-up requests"}}
+    runs = {"1t": {"command": "x", "4.0": _side(10, 900.0, 1.0, True)},
+            "2t": {"command": "y", "4.0": _side(6, 100.0, 0.5, True)},
+            "4t": {"unavailable": "failed the warm-up requests"}}
     best = pick_best(runs, [4.0])
-    assert best["4.0"]["threads"] == 1 and set(best["by_threads"]) == {"1", "2", "4"}
+    assert best["4.0"]["setting"] == "1t" and set(best["by_setting"]) == {"1t", "2t", "4t"}
     r = ratios({"4.0": _side(10, 450.0, 2.0, False)}, best, [4.0])["4.0"]
     assert r["ttft_p99_ratio"] == 0.5 and r["request_throughput_ratio"] == 2.0
     assert r["saturated"] == {"sglite": False, "peer": True} and r["completed"] == "10/10 vs 10/10"
+    assert "request_throughput_ratio" in r["note"]
     # No figures on one side: no latency ratios, but the counts are still reported.
     r = ratios({"4.0": _side(10, 450.0, 2.0, False)}, {"4.0": _side(0, None, 0.0, True)}, [4.0])["4.0"]
     assert "ttft_p99_ratio" not in r and r["completed"] == "10/10 vs 0/10"
-    none = pick_best({1: {"unavailable": "did not start"}}, [4.0])
+    none = pick_best({"1t": {"unavailable": "did not start"}}, [4.0])
     assert "did not start" in none["unavailable"] and "4.0" not in none
