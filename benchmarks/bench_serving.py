@@ -20,11 +20,12 @@ takes 90% of the free host memory (13 GB here), which takes ~50 s to allocate an
 OOM-killed on a busy machine. Smaller caches made it preempt and recompute under load (mid,
 4 req/s: 8/12 done with 4096 tokens, 12/12 with 65536).
 
-A side is *saturated* at a rate when requests were left unfinished at the deadline or it
+A side is *saturated* at a rate when requests were left unfinished at the deadline, or it
 completed requests at under 75% of the rate they arrived (``window_req_s``: completions over the
-wall time less the fastest request's latency); its latency percentiles (over the requests it
-served) then mostly measure its queue, and ``request_throughput_ratio`` (completed / wall time)
-is the figure to compare. Results: results/serving.json (``--model mid``: serving_mid.json).
+wall time less the fastest request's latency), or its queue grew (``in_system_end`` > 1.5 x
+``in_system_half`` + 2: requests in the system at the end of the arrivals and halfway); its
+latency percentiles (over the requests it served) then mostly measure its queue, and
+``request_throughput_ratio`` (completed / wall time) is the figure to compare. Results: results/serving.json (``--model mid``: serving_mid.json).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from common import SHIPPED, write_results  # noqa: E402
 from model_zoo import resolve_model  # noqa: E402
 
 SATURATION_FRACTION = 0.75  # completions / arrivals per second below this: saturated
+QUEUE_GROWTH = 1.5  # requests in the system at the end of the arrivals / halfway, above this: saturated
 PEER_PAGE_SIZE = 256  # tokens per page of the peer's paged KV cache (its default)
 
 
@@ -141,6 +143,7 @@ async def run_rate(url: str, model: str, prompts: list[str], arrivals: list[floa
             recs[i]["timed_out"] = True
         except (httpx.HTTPError, json.JSONDecodeError) as e:
             recs[i]["error"] = repr(e)[:300]
+        recs[i]["end"] = time.perf_counter()
 
     async with httpx.AsyncClient(timeout=http_timeout, limits=limits) as client:
         start = time.perf_counter()
@@ -174,12 +177,20 @@ def summarize(recs: list[dict], rate: float, duration: float, wall: float, out_l
     tokens = [r["tokens"] if r.get("tokens") is not None else out_len for r in done]
     offered_rate = len(recs) / duration
     achieved = len(done) / wall if wall > 0 else 0.0
-    # Kept up or not: completions per second over the arrival window, i.e. the wall time less the
-    # fastest request's latency (the tail any server needs after the last arrival), against the
-    # arrival rate. Completions bunched at the end (everything admitted, all slow) still count
-    # as falling behind, which a first-to-last-finish rate would miss.
+    # Kept up or not, two ways. (1) Completions per second over the arrival window (the wall time
+    # less the fastest request's latency, the tail any server needs after the last arrival)
+    # against the arrival rate. (2) The queue: requests in the system halfway through the
+    # arrivals and at their end; a server that keeps up holds about rate x latency at both, one
+    # that does not holds about twice as many at the end. (1) misses a server that admits
+    # everything and slows every request down alike (even the fastest is slow); (2) catches it.
     window = wall - (min(e2e) if e2e else 0.0)
     window_rate = len(done) / window if window > 0 else 0.0
+    origin = min((r["t0"] for r in recs if "t0" in r), default=0.0)
+
+    def in_system(t: float) -> int:
+        return sum(1 for r in recs if "t0" in r and r["t0"] <= origin + t < r.get("end", r.get("finish", math.inf)))
+
+    half, end = in_system(duration / 2), in_system(duration)
     ms = lambda v: None if v is None or v == math.inf else round(v * 1000, 2)  # noqa: E731
     return {
         "rate_req_s": rate, "offered": len(recs), "completed": len(done), "unfinished": len(timed_out),
@@ -187,13 +198,15 @@ def summarize(recs: list[dict], rate: float, duration: float, wall: float, out_l
         "failed": len(failed), "errors": sorted({r["error"] for r in failed})[:3],
         "held_back": sum(1 for r in done if not r["stamps"] or r["stamps"][0] >= r["finish"]),
         "short_outputs": sum(1 for t in tokens if t < out_len),
-        "ttft_censored": sum(1 for t in ttft if t == math.inf), "ttft_ms_p50": ms(_pct(ttft, 50)), "ttft_ms_p99": ms(_pct(ttft, 99)),
+        "ttft_censored": sum(1 for t in ttft if t == math.inf),
+        "ttft_ms_p50": ms(_pct(ttft, 50)), "ttft_ms_p99": ms(_pct(ttft, 99)),
         "itl_ms_p50": ms(_pct(itl, 50)), "itl_ms_p99": ms(_pct(itl, 99)),
         "e2e_ms_p50": ms(_pct(e2e, 50)), "e2e_ms_p99": ms(_pct(e2e, 99)),
         "offered_req_s": round(offered_rate, 3), "request_throughput": round(achieved, 3),
         "output_tok_s": round(sum(tokens) / wall, 1) if wall > 0 else 0.0,
-        "window_req_s": round(window_rate, 3),
-        "saturated": bool(timed_out) or window_rate < SATURATION_FRACTION * offered_rate,
+        "window_req_s": round(window_rate, 3), "in_system_half": half, "in_system_end": end,
+        "saturated": (bool(timed_out) or window_rate < SATURATION_FRACTION * offered_rate
+                      or end > QUEUE_GROWTH * half + 2),
         "wall_s": round(wall, 2), "timeout_s": timeout,
     }
 
@@ -276,20 +289,23 @@ def pick_best(runs: dict[str, dict], rates: list[float]) -> dict:
     return out
 
 
-def peer_command(args: argparse.Namespace, port: int, kv_tokens: int) -> list[str]:
+def peer_command(args: argparse.Namespace, port: int, kv_tokens: int, batch_tokens: int | None) -> list[str]:
     cmd = ["transformers", "serve", "--continuous-batching", "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning", "--cb-block-size", str(PEER_PAGE_SIZE),
            "--cb-num-blocks", str(math.ceil(kv_tokens / PEER_PAGE_SIZE)), args.model_path]
+    if batch_tokens:
+        cmd[-1:-1] = ["--cb-max-batch-tokens", str(batch_tokens)]
     if args.peer_device:
         cmd[2:2] = ["--device", args.peer_device]
     return cmd
 
 
-def bench_peer_once(args: argparse.Namespace, workload: dict, threads: int, kv_tokens: int) -> dict:
+def bench_peer_once(args: argparse.Namespace, workload: dict, threads: int, kv_tokens: int,
+                    batch_tokens: int | None) -> dict:
     port = 30000 + random.Random().randrange(20000)
     url = f"http://127.0.0.1:{port}"
-    cmd = peer_command(args, port, kv_tokens)
-    log_path = os.path.join(args.log_dir, f"peer_server_t{threads}_kv{kv_tokens}.log")
+    cmd = peer_command(args, port, kv_tokens, batch_tokens)
+    log_path = os.path.join(args.log_dir, f"peer_server_t{threads}_kv{kv_tokens}_b{batch_tokens}.log")
     log = open(log_path, "w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
 
@@ -359,6 +375,8 @@ def main() -> None:
                     help="OMP_NUM_THREADS settings swept for the peer (default: 1 and every core)")
     ap.add_argument("--peer-kv-tokens", type=int, nargs="+", default=None,
                     help="the peer's paged KV cache sizes swept (tokens; default --max-total-tokens)")
+    ap.add_argument("--peer-max-batch-tokens", type=int, nargs="+", default=[0],
+                    help="the peer's --cb-max-batch-tokens swept (0: its default, 8192)")
     ap.add_argument("--quick", action="store_true", help="a few requests at one rate (smoke)")
     ap.add_argument("--rates", type=float, nargs="+", default=None,
                     help="request rates (default 1 2 4 8; mid: 4 8)")
@@ -407,8 +425,10 @@ def main() -> None:
     if args.skip_peer:
         peer["unavailable"] = "--skip-peer"
     else:
-        peer |= pick_best({f"{th} threads, {kv} KV tokens": bench_peer_once(args, workload, th, kv)
-                           for th in args.peer_threads for kv in args.peer_kv_tokens}, args.rates)
+        peer |= pick_best({f"{th} threads, {kv} KV tokens" + (f", batch {b} tokens" if b else ""):
+                           bench_peer_once(args, workload, th, kv, b)
+                           for th in args.peer_threads for kv in args.peer_kv_tokens
+                           for b in args.peer_max_batch_tokens}, args.rates)
     result["peer"] = peer
     result["total_s"] = round(time.time() - t, 1)
     result["ratios"] = ratios(result["sglite"], result["peer"], args.rates)

@@ -117,6 +117,21 @@ def test_summarize_saturation_by_throughput():
     assert s["saturated"] and s["window_req_s"] == pytest.approx(10 / 3.17, rel=1e-3)
 
 
+def test_summarize_saturation_by_queue_growth():
+    # Everything admitted and slowed alike: even the fastest takes 10 s, all finish after the
+    # arrivals end (20 s), so the window rate looks fine but the queue doubled from 10 s to 20 s.
+    recs = [_rec(i * 0.25, [i * 0.25 + 1.0], 21.0 + 0.1 * i) for i in range(80)]
+    for r in recs:
+        r["end"] = r["finish"] + 0.001
+    s = summarize(recs, 4.0, 20.0, 29.0, out_len=2, timeout=40)
+    assert s["window_req_s"] >= 0.75 * s["offered_req_s"]  # criterion (1) alone would miss it
+    assert (s["in_system_half"], s["in_system_end"]) == (41, 80) and s["saturated"]
+    # Keeping up with a 2 s latency: about 8 in the system at both points.
+    recs = [_rec(i * 0.25, [i * 0.25 + 0.5], i * 0.25 + 2.0) for i in range(80)]
+    s = summarize(recs, 4.0, 20.0, 21.8, out_len=2, timeout=40)
+    assert (s["in_system_half"], s["in_system_end"]) == (8, 7) and not s["saturated"]
+
+
 def test_ttft_percentile_censored_at_the_deadline():
     recs = [_rec(0.0, [0.1 * (i + 1)], 0.1 * (i + 1) + 0.5) for i in range(3)] + [_rec(0.0, [], timed_out=True)]
     s = summarize(recs, 4.0, 1.0, 2.0, out_len=2, timeout=1.5)
