@@ -17,15 +17,17 @@ per ``--peer-threads`` (OMP_NUM_THREADS) x ``--peer-kv-tokens`` setting and take
 per rate (most requests completed, then lowest p99 TTFT). Its paged KV cache is sized
 explicitly, by default like sglite's pool (``--max-total-tokens``): left to itself on a CPU it
 takes 90% of the free host memory (13 GB here), which takes ~50 s to allocate and got it
-OOM-killed on a busy machine. Smaller caches made it preempt and recompute under load (mid,
-4 req/s: 8/12 done with 4096 tokens, 12/12 with 65536).
+OOM-killed on a busy machine. Smaller caches did worse under load (mid, 4 req/s, 2 threads:
+8/12 done with 4096 tokens, 12/12 with 65536), and so did a smaller ``--peer-max-batch-tokens``
+(512: 1.15 req/s served vs 1.27 with its default, 8192).
 
 A side is *saturated* at a rate when requests were left unfinished at the deadline, or it
 completed requests at under 75% of the rate they arrived (``window_req_s``: completions over the
 wall time less the fastest request's latency), or its queue grew (``in_system_end`` > 1.5 x
 ``in_system_half`` + 2: requests in the system at the end of the arrivals and halfway); its
 latency percentiles (over the requests it served) then mostly measure its queue, and
-``request_throughput_ratio`` (completed / wall time) is the figure to compare. Results: results/serving.json (``--model mid``: serving_mid.json).
+``request_throughput_ratio`` (completed / wall time) is the figure to compare.
+Results: results/serving.json (``--model mid``: serving_mid.json).
 """
 
 from __future__ import annotations
@@ -284,7 +286,8 @@ def pick_best(runs: dict[str, dict], rates: list[float]) -> dict:
         out["unavailable"] = "; ".join(f"{k}: {r.get('unavailable', 'no figures')}" for k, r in runs.items())
         return out
     for rate in map(str, rates):
-        best = min(ok, key=lambda k: (-ok[k][rate]["completed"], ok[k][rate]["ttft_ms_p99"] or math.inf))
+        best = min(ok, key=lambda k: (-ok[k][rate]["completed"], ok[k][rate]["ttft_ms_p99"] or math.inf,
+                                      ok[k][rate]["ttft_censored"]))
         out[rate] = {**ok[best][rate], "setting": best}
     return out
 
@@ -357,6 +360,11 @@ def ratios(ours: dict, peer: dict, rates: list[float]) -> dict:
         if a and b:
             row["completed"] = f"{a['completed']}/{a['offered']} vs {b['completed']}/{b['offered']}"
             row["saturated"] = {"sglite": a["saturated"], "peer": b["saturated"]}
+            for side, x in (("sglite", a), ("peer", b)):
+                if not x.get("e2e_ms_p50"):
+                    row[f"{side}_no_latency_figures"] = (
+                        f"{x['completed']}/{x['offered']} completed within the {x['timeout_s']:g} s per-request "
+                        f"timeout ({x['ttft_censored']} without a first token, {x['failed']} failed)")
             if a["saturated"] or b["saturated"]:
                 row["note"] = ("a side is saturated: its latencies are over the requests it served before "
                                "the timeout and mostly measure its queue; compare request_throughput_ratio")

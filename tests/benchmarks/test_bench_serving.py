@@ -149,7 +149,8 @@ def test_poisson_arrivals_seeded_and_bounded():
 
 def _side(completed: int, ttft99: float | None, tput: float, sat: bool) -> dict:
     return {"completed": completed, "offered": 10, "ttft_ms_p99": ttft99, "itl_ms_p50": 5.0 if completed else None,
-            "e2e_ms_p50": 100.0 if completed else None, "request_throughput": tput, "saturated": sat}
+            "e2e_ms_p50": 100.0 if completed else None, "request_throughput": tput, "saturated": sat,
+            "ttft_censored": 0 if completed else 7, "failed": 0, "timeout_s": 40.0}
 
 
 def test_pick_best_prefers_completed_then_ttft_and_ratios():
@@ -165,5 +166,7 @@ def test_pick_best_prefers_completed_then_ttft_and_ratios():
     # No figures on one side: no latency ratios, but the counts are still reported.
     r = ratios({"4.0": _side(10, 450.0, 2.0, False)}, {"4.0": _side(0, None, 0.0, True)}, [4.0])["4.0"]
     assert "ttft_p99_ratio" not in r and r["completed"] == "10/10 vs 0/10"
+    assert r["peer_no_latency_figures"] == ("0/10 completed within the 40 s per-request timeout "
+                                            "(7 without a first token, 0 failed)")
     none = pick_best({"1t": {"unavailable": "did not start"}}, [4.0])
     assert "did not start" in none["unavailable"] and "4.0" not in none
