@@ -280,15 +280,16 @@ def bench_sglite(args: argparse.Namespace, workload: dict) -> dict:
 
 def pick_best(runs: dict[str, dict], rates: list[float]) -> dict:
     """Per rate, the setting that completed the most requests, then the lowest p99 TTFT."""
-    ok = {k: r for k, r in runs.items() if all(str(rate) in r for rate in rates)}
     out: dict[str, Any] = {"by_setting": runs}
-    if not ok:
+    if not any(str(rate) in r for r in runs.values() for rate in rates):
         out["unavailable"] = "; ".join(f"{k}: {r.get('unavailable', 'no figures')}" for k, r in runs.items())
         return out
     for rate in map(str, rates):
-        best = min(ok, key=lambda k: (-ok[k][rate]["completed"], ok[k][rate]["ttft_ms_p99"] or math.inf,
-                                      ok[k][rate]["ttft_censored"]))
-        out[rate] = {**ok[best][rate], "setting": best}
+        ok = {k: r[rate] for k, r in runs.items() if rate in r}  # a server that died stops its sweep
+        if ok:
+            best = min(ok, key=lambda k: (-ok[k]["completed"], ok[k]["ttft_ms_p99"] or math.inf,
+                                          ok[k]["ttft_censored"]))
+            out[rate] = {**ok[best], "setting": best}
     return out
 
 
@@ -368,6 +369,8 @@ def ratios(ours: dict, peer: dict, rates: list[float]) -> dict:
             if a["saturated"] or b["saturated"]:
                 row["note"] = ("a side is saturated: its latencies are over the requests it served before "
                                "the timeout and mostly measure its queue; compare request_throughput_ratio")
+        if a and not b:
+            row["peer_no_latency_figures"] = peer.get("unavailable") or "no peer run reached this rate"
         out[r] = row
     return out
 

@@ -168,5 +168,10 @@ def test_pick_best_prefers_completed_then_ttft_and_ratios():
     assert "ttft_p99_ratio" not in r and r["completed"] == "10/10 vs 0/10"
     assert r["peer_no_latency_figures"] == ("0/10 completed within the 40 s per-request timeout "
                                             "(7 without a first token, 0 failed)")
+    died = pick_best({"1t": {"4.0": _side(3, 900.0, 0.3, True), "8.0": {**_side(0, None, 0.0, True),
+                                                                    "server": "killed by SIGKILL"}}}, [4.0, 8.0, 16.0])
+    assert died["4.0"]["setting"] == "1t" and "killed" in died["8.0"]["server"] and "16.0" not in died
     none = pick_best({"1t": {"unavailable": "did not start"}}, [4.0])
     assert "did not start" in none["unavailable"] and "4.0" not in none
+    r = ratios({"4.0": _side(10, 450.0, 2.0, False)}, none, [4.0])["4.0"]
+    assert r == {"peer_no_latency_figures": "1t: did not start"}
