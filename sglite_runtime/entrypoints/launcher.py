@@ -71,7 +71,7 @@ def launch_subprocesses(server_args: ServerArgs) -> RuntimeProcesses:
     sockets, see ``distributed/tp_worker.py``); all of them are in ``procs`` so a watchdog sees
     any dead rank. Nodes with ``node_rank > 0`` run only their ranks: ``ready`` is then None.
     """
-    from sglite_runtime.managers.detokenizer_manager import run_detokenizer_process
+    from sglite_runtime.entrypoints.detokenizer_process import run_detokenizer_process
     from sglite_runtime.entrypoints.scheduler_process import run_scheduler_process, run_tp_scheduler_process
     from sglite_runtime.utils.hf_utils import resolve_model_path
 

@@ -95,30 +95,3 @@ class DetokenizerManager:
             # A stop token is not part of the answer; special ones are already skipped.
             return self._decode(st.ids[:-1], skip, spaces)
         return trim_stop(text, reason)
-
-
-def run_detokenizer_process(server_args: Any, port_args: Any, pipe_writer: Any) -> None:
-    """Process entry: PULL BatchTokenIDOut from the scheduler, PUSH BatchStrOut to the tokenizer manager."""
-    import zmq
-
-    from sglite_runtime.entrypoints.process_utils import configure_child_process
-    from sglite_runtime.managers.io_struct import decode, encode
-    from sglite_runtime.utils.hf_utils import get_tokenizer
-
-    configure_child_process(server_args, "detokenizer")
-    try:
-        manager = DetokenizerManager(
-            get_tokenizer(server_args.tokenizer_path, server_args.revision, server_args.trust_remote_code))
-        ctx = zmq.Context(2)
-        recv = ctx.socket(zmq.PULL)
-        recv.bind(port_args.detokenizer_ipc)
-        send = ctx.socket(zmq.PUSH)
-        send.connect(port_args.tokenizer_ipc)
-    except Exception as e:  # report to the launcher instead of dying silently
-        pipe_writer.send({"status": "error", "message": f"detokenizer failed to start: {e!r}"})
-        raise
-    pipe_writer.send({"status": "ready"})
-    while True:
-        msg = decode(recv.recv())
-        if isinstance(msg, BatchTokenIDOut):
-            send.send(encode(manager.handle_batch_token_id_out(msg)))

@@ -45,6 +45,17 @@ def test_runtime_imports_only_the_protocol_from_sglite():
     assert not bad, "the runtime imports the client:\n" + "\n".join(bad)
 
 
+def test_runtime_layers_point_one_way():
+    # Process entry points (entrypoints/) start and wire the managers; a manager never reaches
+    # back into an entry point (it states what it needs from one as a Protocol).
+    bad = []
+    for path in sorted((ROOT / "sglite_runtime" / "managers").rglob("*.py")):
+        for line, name in _imports(path):
+            if name.startswith("sglite_runtime.entrypoints"):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {name}")
+    assert not bad, "managers/ imports entrypoints/:\n" + "\n".join(bad)
+
+
 def test_protocol_imports_no_torch_and_no_client():
     bad = []
     for path in sorted((ROOT / "sglite" / "protocol").rglob("*.py")):
