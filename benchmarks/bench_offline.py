@@ -73,14 +73,14 @@ def main() -> None:
             kw = dict(extra) if pinned else dict(extra, num_threads=th)
             if "disable_overlap_schedule" not in extra:
                 kw["disable_overlap_schedule"] = not overlap
-            label = f"threads={th},overlap={'on' if not kw.get('disable_overlap_schedule') else 'off'}"
+            setting = f"threads={th},overlap={'on' if not kw.get('disable_overlap_schedule') else 'off'}"
             with sglite.Engine(model_path=args.model, max_total_tokens=65536, dtype=args.dtype, **kw) as engine:
                 engine.generate(input_ids=[p for p, _ in reqs[:4]], sampling_params=sps[:4])  # warm-up
                 engine.flush_cache()
                 t, outs = timed(lambda: engine.generate(input_ids=[p for p, _ in reqs], sampling_params=sps))
                 assert sum(o["meta_info"]["completion_tokens"] for o in outs) == total_out
-            by_setting[label] = total_out / t
-            print(f"sglite ({label}): {by_setting[label]:9.1f} out tok/s ({t:.1f} s)")
+            by_setting[setting] = total_out / t
+            print(f"sglite ({setting}): {by_setting[setting]:9.1f} out tok/s ({t:.1f} s)")
     best_setting = max(by_setting, key=by_setting.__getitem__)
     # The default: the engine's own thread choice (one thread for small models), overlap on.
     default_th = extra.get("num_threads") if pinned else cpu_threads(

@@ -147,7 +147,13 @@ class ModelRunner:
 def cpu_threads(server_args: ServerArgs, hf_config) -> int:
     """Intra-op threads on CPU: ``--num-threads``, else SGLITE_NUM_THREADS, else one thread for
     small models (their ops are too small to split, and spinning worker threads cost more than
-    they give, badly so on a loaded machine), else every core."""
+    they give, badly so on a loaded machine), else every core.
+
+    The default does not depend on ``--disable-overlap-schedule``, so outputs stay bitwise equal
+    with overlap on and off (a different thread count may reorder float reductions). For offline
+    batch work on a CPU, ``--disable-overlap-schedule --num-threads <cores>`` is faster: the
+    overlap worker thread then no longer competes with the intra-op threads for the cores
+    (1.7x on 2 cores with the shipped model; ``benchmarks/bench_offline.py`` sweeps it)."""
     explicit = server_args.num_threads or int(os.environ.get("SGLITE_NUM_THREADS", 0))
     if explicit:
         return explicit
