@@ -17,6 +17,7 @@ from sglite_runtime.utils.hf_utils import get_tokenizer
 def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, pipe_writer: Connection) -> None:
     """Process entry: PULL BatchTokenIDOut from the scheduler, PUSH BatchStrOut to the tokenizer manager."""
     configure_child_process(server_args, "detokenizer")
+    assert server_args.tokenizer_path is not None  # ServerArgs.__post_init__ defaults it
     try:
         manager = DetokenizerManager(
             get_tokenizer(server_args.tokenizer_path, server_args.revision, server_args.trust_remote_code))
