@@ -122,17 +122,19 @@ def format_plan(graph: ProgramGraph) -> str:
         head = "root" if s.parent is None else f"branch {s.index} of fork %{s.fork} in stream {s.parent}"
         lines.append(f"stream {s.id} ({head}):")
         lines += [f"  %{n.id} = {_describe(n)}" for n in s.nodes]
+    stream_of = {n.id: s.id for s in graph.streams for n in s.nodes}  # one index, not one per lookup
+    node_of = {n.id: n for s in graph.streams for n in s.nodes}
     deps = []
     for sid, n in graph.iter_nodes():
-        if isinstance(n, VarRef) and graph.stream_of(n.source) != sid:
+        if isinstance(n, VarRef) and stream_of[n.source] != sid:
             deps.append(f"  %{n.id} (stream {sid}) reads {n.name} from %{n.source} "
-                        f"(stream {graph.stream_of(n.source)})")
+                        f"(stream {stream_of[n.source]})")
         elif isinstance(n, Join):
             deps.append(f"  %{n.id} (stream {sid}) waits for streams {n.children}")
     lines.append("dependencies:" if deps else "dependencies: none across streams")
     lines += deps
     lines.append("requests sent together:")
     for level, ids in waves.items():
-        items = ", ".join(f"%{i} {_request_label(graph.node(i))} (s{graph.stream_of(i)})" for i in ids)
+        items = ", ".join(f"%{i} {_request_label(node_of[i])} (s{stream_of[i]})" for i in ids)
         lines.append(f"  wave {level + 1}: {items}")
     return "\n".join(lines)
