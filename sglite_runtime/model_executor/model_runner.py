@@ -46,7 +46,9 @@ class ModelRunner:
         )
         self.model.eval()
         if self.device == "cpu":
-            torch.set_num_threads(cpu_threads(server_args, self.hf_config))
+            threads = cpu_threads(server_args, self.hf_config)
+            torch.set_num_threads(threads)
+            warn_if_oversubscribed(server_args, threads)
         self.dtype = next(self.model.parameters()).dtype
         cfg = self.hf_config
         self.vocab_size = cfg.vocab_size
@@ -147,17 +149,30 @@ class ModelRunner:
 def cpu_threads(server_args: ServerArgs, hf_config) -> int:
     """Intra-op threads on CPU: ``--num-threads``, else SGLITE_NUM_THREADS, else one thread for
     small models (their ops are too small to split, and spinning worker threads cost more than
-    they give, badly so on a loaded machine), else every core.
+    they give, badly so on a loaded machine), else every core but one.
 
-    The default does not depend on ``--disable-overlap-schedule``, so outputs stay bitwise equal
-    with overlap on and off (a different thread count may reorder float reductions). For offline
-    batch work on a CPU, ``--disable-overlap-schedule --num-threads <cores>`` is faster: the
-    overlap worker thread then no longer competes with the intra-op threads for the cores
-    (1.7x on 2 cores with the shipped model; ``benchmarks/bench_offline.py`` sweeps it)."""
+    The spare core is the scheduler thread's: with overlap scheduling (the default) it works
+    beside the model, and an intra-op team that needs every core stalls at each barrier whenever
+    that thread takes one (on 2 cores, 2 threads with overlap ran at 0.55-0.75x of 2 threads
+    without it). The default does not depend on ``--disable-overlap-schedule``, so outputs stay
+    bitwise equal with overlap on and off (another thread count may reorder float reductions).
+    For offline batch work on a CPU, ``--disable-overlap-schedule --num-threads <cores>`` is
+    faster (1.5-1.7x on 2 cores; ``benchmarks/bench_offline.py`` sweeps it)."""
     explicit = server_args.num_threads or int(os.environ.get("SGLITE_NUM_THREADS", 0))
     if explicit:
         return explicit
-    return 1 if hf_config.hidden_size <= 1024 else (os.cpu_count() or 1)
+    return 1 if hf_config.hidden_size <= 1024 else max(1, (os.cpu_count() or 1) - 1)
+
+
+def warn_if_oversubscribed(server_args: ServerArgs, threads: int) -> None:
+    """Say so when overlap scheduling's thread and the intra-op threads want more cores than exist."""
+    cores = os.cpu_count() or 1
+    overlap = not server_args.disable_overlap_schedule and server_args.tp_size == 1
+    if overlap and threads >= cores > 1:
+        logger.warning(
+            "%d torch threads on %d cores with overlap scheduling: the scheduler thread competes with "
+            "the model's threads at every step. Use --num-threads %d, or --disable-overlap-schedule "
+            "to give the model every core.", threads, cores, cores - 1)
 
 
 def _physical_memory() -> int:
