@@ -38,6 +38,11 @@ def internal_error(exc: BaseException) -> FinishAbort:
     return FinishAbort(f"Internal error while running this request: {exc!r}", status_code=500)
 
 
+def abort_reason(r: "Req") -> FinishReason:
+    """Why an aborted request ended: its recorded error, else the abort's message."""
+    return r.error_reason or FinishAbort(r.to_abort_message or "Abort")
+
+
 @dataclass
 class BatchOutcome:
     """What the scheduler must do with a batch after its result was processed."""
@@ -223,8 +228,7 @@ class SchedulerOutputProcessor:
         self.num_jump_forward_tokens += len(forced)
         if r.to_abort or r.grammar.is_terminated():
             # Done without another forward; its KV was already released above.
-            r.finished_reason = ((r.error_reason or FinishAbort(r.to_abort_message)) if r.to_abort
-                                 else FinishStop(matched=None))
+            r.finished_reason = abort_reason(r) if r.to_abort else FinishStop(matched=None)
         return True
 
     def finish_without_output(self, r: "Req", reason: FinishReason) -> None:
@@ -237,7 +241,7 @@ class SchedulerOutputProcessor:
         sp = r.sampling_params
         last = r.output_ids[-1]
         if r.to_abort:
-            r.finished_reason = r.error_reason or FinishAbort(r.to_abort_message or "Abort")
+            r.finished_reason = abort_reason(r)
         elif last in (sp.stop_token_ids or ()) or (not sp.ignore_eos and last in r.eos_token_ids):
             r.finished_reason = FinishStop(matched=last)
         elif r.grammar is not None and r.grammar.is_terminated():

@@ -92,3 +92,16 @@ def test_metrics_count_aborts_from_the_typed_reason():
     for reason in (FinishStop(matched=None), FinishLength(length=1), FinishAbort("gone"), FinishAbort("x", 500)):
         m.on_finish(ReqState(finish_reason=reason), 0.0)
     assert m.num_requests._value.get() == 4 and m.num_aborted._value.get() == 2
+
+
+def test_abort_reason_is_one_rule_for_every_abort_path():
+    # Decode and jump-forward both end an aborted request through abort_reason: a recorded error
+    # wins, else the abort's message, and an abort without one still says "Abort" (never "").
+    from types import SimpleNamespace
+
+    from sglite_runtime.managers.scheduler_output import abort_reason, internal_error
+
+    err = internal_error(RuntimeError("boom"))
+    assert abort_reason(SimpleNamespace(error_reason=err, to_abort_message="x")) is err
+    assert abort_reason(SimpleNamespace(error_reason=None, to_abort_message="client left")) == FinishAbort("client left")
+    assert abort_reason(SimpleNamespace(error_reason=None, to_abort_message="")) == FinishAbort("Abort")
