@@ -9,6 +9,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "triton")
@@ -35,34 +36,31 @@ def test_the_walker_sees_every_kind_of_import(tmp_path):
     assert {"sglite.lang.api", "sglite.RuntimeEndpoint", "sglite.backend", "sglite"} <= set(names)
 
 
+def _offending(folder: str, is_bad: Callable[[str], bool]) -> list[str]:
+    """``file:line: module`` for every import under ``folder`` that ``is_bad`` rejects."""
+    return [f"{path.relative_to(ROOT)}:{line}: {name}"
+            for path in sorted((ROOT / folder).rglob("*.py")) for line, name in _imports(path) if is_bad(name)]
+
+
+def _in(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
 def test_runtime_imports_only_the_protocol_from_sglite():
-    bad = []
-    for path in sorted((ROOT / "sglite_runtime").rglob("*.py")):
-        for line, name in _imports(path):
-            if (name == "sglite" or name.startswith("sglite.")) and not (
-                    name == "sglite.protocol" or name.startswith("sglite.protocol.")):
-                bad.append(f"{path.relative_to(ROOT)}:{line}: {name}")
+    bad = _offending("sglite_runtime", lambda n: _in(n, "sglite") and not _in(n, "sglite.protocol"))
     assert not bad, "the runtime imports the client:\n" + "\n".join(bad)
 
 
 def test_runtime_layers_point_one_way():
     # Process entry points (entrypoints/) start and wire the managers; a manager never reaches
     # back into an entry point (it states what it needs from one as a Protocol).
-    bad = []
-    for path in sorted((ROOT / "sglite_runtime" / "managers").rglob("*.py")):
-        for line, name in _imports(path):
-            if name.startswith("sglite_runtime.entrypoints"):
-                bad.append(f"{path.relative_to(ROOT)}:{line}: {name}")
+    bad = _offending("sglite_runtime/managers", lambda n: _in(n, "sglite_runtime.entrypoints"))
     assert not bad, "managers/ imports entrypoints/:\n" + "\n".join(bad)
 
 
 def test_protocol_imports_no_torch_and_no_client():
-    bad = []
-    for path in sorted((ROOT / "sglite" / "protocol").rglob("*.py")):
-        for line, name in _imports(path):
-            if name.split(".")[0] in HEAVY or name.split(".")[0] == "sglite_runtime" or (
-                    name.startswith("sglite.") and not name.startswith("sglite.protocol")):
-                bad.append(f"{path.relative_to(ROOT)}:{line}: {name}")
+    bad = _offending("sglite/protocol", lambda n: n.split(".")[0] in HEAVY or _in(n, "sglite_runtime")
+                     or (_in(n, "sglite") and n != "sglite" and not _in(n, "sglite.protocol")))
     assert not bad, "sglite.protocol must stay torch-free and client-free:\n" + "\n".join(bad)
 
 
